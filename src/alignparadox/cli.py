@@ -1,0 +1,65 @@
+"""The `paradox` command. Each box of the architecture contributes its own typer sub-app."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from alignparadox.errors import UserError
+
+app = typer.Typer(
+    name="paradox",
+    help="Measure the AI alignment paradox: attacks, separability and defenses on HF models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# (module, attribute, command name). A box adds its commands by adding one line here.
+COMMAND_GROUPS: list[tuple[str, str, str]] = [
+]
+
+# (module, attribute): single commands registered at top level (e.g. `paradox demo`).
+TOP_LEVEL_COMMANDS: list[tuple[str, str]] = [
+]
+
+
+def _register() -> None:
+    for module_name, attribute, name in COMMAND_GROUPS:
+        sub_app = getattr(importlib.import_module(module_name), attribute)
+        app.add_typer(sub_app, name=name)
+    for module_name, attribute in TOP_LEVEL_COMMANDS:
+        app.command()(getattr(importlib.import_module(module_name), attribute))
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one sentence on stderr and exit code 2."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
+    except UserError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        Console(stderr=True).print("aborted.")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; finished results are kept.")
+        sys.exit(130)
+    except Exception as error:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(2 if isinstance(error, click.exceptions.UsageError) else error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
