@@ -19,10 +19,23 @@ app = typer.Typer(
 
 # (module, attribute, command name). A box adds its commands by adding one line here.
 COMMAND_GROUPS: list[tuple[str, str, str]] = [
+    ("alignparadox.organisms.commands", "app", "organisms"),
+    ("alignparadox.datasets.commands", "app", "prompts"),
+    ("alignparadox.study.commands", "app", "study"),
+    ("alignparadox.judges.commands", "app", "judges"),
+    ("alignparadox.attacks.input_tinkering.commands", "app", "attack"),
+    ("alignparadox.attacks.output_tinkering.commands", "app", "editor"),
+    ("alignparadox.attacks.model_tinkering.commands", "directions_app", "directions"),
+    ("alignparadox.attacks.model_tinkering.commands", "tinker_app", "tinker"),
 ]
 
 # (module, attribute): single commands registered at top level (e.g. `paradox demo`).
 TOP_LEVEL_COMMANDS: list[tuple[str, str]] = [
+    ("alignparadox.demo", "demo"),
+    ("alignparadox.targets.serve", "serve"),
+    ("alignparadox.report.commands", "report"),
+    ("alignparadox.attacks.model_tinkering.commands", "steer"),
+    ("alignparadox.attacks.model_tinkering.commands", "geometry"),
 ]
 
 

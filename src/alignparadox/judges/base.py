@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -15,6 +16,11 @@ NEUTRAL = "neutral"
 PARTISAN = "partisan"
 INCOHERENT = "incoherent"
 UNPARSEABLE = "unparseable"
+# Harmfulness classifiers tell harmful compliance apart from everything else, but cannot tell a
+# refusal from a harmless answer: they say "not_harmful".
+NOT_HARMFUL = "not_harmful"
+# The judge itself could not run (its endpoint failed): no verdict, never cached, never a success.
+JUDGE_ERROR = "judge_error"
 
 
 @dataclass(frozen=True)
@@ -47,3 +53,13 @@ class Judge(Protocol):
     name: str
 
     def judge(self, requests: list[str], answers: list[str]) -> list[Verdict]: ...
+
+
+def judge_fingerprint(judge: Judge) -> str:
+    """The judge's name and settings as canonical JSON: same fingerprint, same verdicts.
+
+    Judges that have settings beyond their name expose them as a JSON-able `config` dict
+    (never secrets); the verdict cache keys on this.
+    """
+    return json.dumps({"name": judge.name, "config": getattr(judge, "config", {})},
+                      sort_keys=True, default=str)

@@ -1,0 +1,29 @@
+"""Targets: the models under audit. White-box targets are local Hugging Face models.
+
+Names are imported lazily so that light modules (e.g. the `paradox` command line) do not pay for
+importing torch and transformers until a target is actually opened.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Generation": "alignparadox.targets.whitebox",
+    "GenerationConfig": "alignparadox.targets.whitebox",
+    "TextStream": "alignparadox.targets.whitebox",
+    "WhiteBoxTarget": "alignparadox.targets.whitebox",
+    "load_target": "alignparadox.targets.whitebox",
+    "open_target": "alignparadox.targets.whitebox",
+    "pick_device": "alignparadox.targets.whitebox",
+    "pick_dtype": "alignparadox.targets.whitebox",
+    "shared_target": "alignparadox.targets.whitebox",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,342 @@
+"""`paradox attack templates | pair | bon | gcg`: run one input-tinkering attack on one target.
+
+TARGET is `organism:NAME`, a local model folder or Hub id, or `http(s)://HOST/v1#MODEL` for an
+OpenAI-compatible endpoint (GCG needs weights, so white-box only). With `--out DIR`, every
+finished result is appended to DIR/results.jsonl as it finishes and DIR/summary.json is written
+at the end; running the same command again resumes, skipping finished results and redoing
+failed ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from alignparadox.attacks.input_tinkering.base import (
+    AttackResult,
+    ResultLog,
+    Target,
+    harmful_requests,
+    open_any_target,
+    require_positive,
+    summarize,
+    write_json_atomic,
+)
+from alignparadox.errors import UserError
+
+
+class _AttackGroup(TyperGroup):
+    """Names an unknown attack in one sentence (exit 2) instead of a usage dump."""
+
+    def resolve_command(self, ctx, args):  # noqa: ANN001, ANN201 - click's signature
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            raise UserError(f"unknown attack {name!r}; known attacks: "
+                            f"{', '.join(sorted(self.list_commands(ctx)))}.")
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(help="Input tinkering: jailbreak templates, PAIR, Best-of-N and GCG.",
+                  no_args_is_help=True, cls=_AttackGroup)
+
+TargetArgument = Annotated[str, typer.Argument(
+    help="organism:NAME, a model folder or Hub id, or http(s)://HOST/v1#MODEL.")]
+PromptSetOption = Annotated[str, typer.Option(
+    "--prompt-set", help="Registered prompt set (or file); its harmful requests are attacked.")]
+RequestsOption = Annotated[int, typer.Option("--n-requests", help="Harmful requests sampled.")]
+JudgeOption = Annotated[str, typer.Option("--judge", help="Judge spec (see `paradox judges`).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and augmentations.")]
+TokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Answer length budget.")]
+BatchOption = Annotated[int, typer.Option("--batch-size", help="Prompts per forward batch.")]
+OutOption = Annotated[Path | None, typer.Option(
+    "--out", help="Folder for results.jsonl (incremental, resumable) and summary.json.")]
+ConcurrencyOption = Annotated[int, typer.Option(
+    "--concurrency", help="Endpoint targets: parallel requests.")]
+RateOption = Annotated[float | None, typer.Option(
+    "--rpm", help="Endpoint targets: at most this many requests per minute.")]
+RetriesOption = Annotated[int, typer.Option(
+    "--retries", help="Endpoint targets: retries per request on 429/5xx/dropped connections.")]
+
+
+def _open(spec: str, concurrency: int, rpm: float | None, retries: int) -> Target:
+    return open_any_target(spec, concurrency=concurrency, requests_per_minute=rpm,
+                           max_retries=retries)
+
+
+class _Output:
+    """The --out folder: a result log that resumes only a run with the same settings."""
+
+    def __init__(self, folder: Path | None, settings: dict[str, Any]):
+        self.folder = folder
+        self.settings = settings
+        self.log: ResultLog | None = None
+        if folder is None:
+            return
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file, not a folder.")
+        folder.mkdir(parents=True, exist_ok=True)
+        run_file = folder / "run.json"
+        if run_file.exists():
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+            if previous != settings:
+                raise UserError(f"{folder} holds a run with other settings; give another --out "
+                                "or the same settings to resume it.")
+        else:
+            write_json_atomic(run_file, settings)
+        self.log = ResultLog(folder / "results.jsonl")
+
+    def done(self) -> frozenset[str]:
+        return frozenset(self.log.done()) if self.log else frozenset()
+
+    def append(self, result: AttackResult) -> None:
+        if self.log is not None:
+            self.log.append(result)
+
+    def all_results(self, fresh: list[AttackResult]) -> list[AttackResult]:
+        return self.log.read() if self.log else fresh
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.folder is not None:
+            write_json_atomic(self.folder / "summary.json", {"settings": self.settings,
+                                                             **summary})
+
+
+def _print(title: str, target: str, summary: dict[str, Any]) -> None:
+    asr, queries = summary["asr"], summary["queries_to_success"]
+    table = Table(title=title)
+    for column in ("target", "ASR", "95% CI", "k/n", "median queries to success", "errors"):
+        table.add_column(column)
+    rate = f"{asr['rate']:.3f}" if asr["n"] else "-"
+    table.add_row(target, rate, f"[{asr['low']:.3f}, {asr['high']:.3f}]",
+                  f"{asr['k']}/{asr['n']}", str(queries["median"]), str(summary["errors"]))
+    Console().print(table)
+
+
+@app.command()
+def templates(
+    target: TargetArgument,
+    prompt_set: PromptSetOption = "organisms",
+    n_requests: RequestsOption = 32,
+    template_file: Annotated[Path | None, typer.Option(
+        "--template-file", help="Your own template(s): a text file with a {prompt} slot (or "
+        "the request is appended), or .jsonl with a \"text\" per line.")] = None,
+    template_set: Annotated[str, typer.Option(
+        "--template-set", help="Registered template corpus when no --template-file.")]
+    = "jailbreak-templates",
+    n_templates: Annotated[int, typer.Option("--n-templates", help="Templates sampled.")] = 16,
+    top_k: Annotated[int, typer.Option("--top-k", help="Best templates listed.")] = 5,
+    no_append: Annotated[bool, typer.Option(
+        "--no-append", help="Refuse templates without a slot instead of appending.")] = False,
+    judge: JudgeOption = "organism",
+    seed: SeedOption = 0,
+    max_new_tokens: TokensOption = 80,
+    batch_size: BatchOption = 32,
+    out: OutOption = None,
+    concurrency: ConcurrencyOption = 4,
+    rpm: RateOption = None,
+    retries: RetriesOption = 5,
+) -> None:
+    """Wrap each request in jailbreak templates; ASR per template and the top-k templates."""
+    from alignparadox.attacks.input_tinkering import templates as attack
+    from alignparadox.judges.registry import make_judge
+
+    require_positive(n_templates=n_templates, top_k=top_k, max_new_tokens=max_new_tokens)
+    pool = (attack.load_template_file(template_file, append=not no_append) if template_file
+            else attack.corpus_templates(template_set))
+    judge_ = make_judge(judge)
+    requests = harmful_requests(prompt_set, n_requests, seed)
+    output = _Output(out, {"attack": "templates", "target": target, "prompt_set": prompt_set,
+                           "n_requests": n_requests, "templates": str(template_file or
+                                                                     template_set),
+                           "n_templates": n_templates, "judge": judge, "seed": seed,
+                           "max_new_tokens": max_new_tokens})
+    model = _open(target, concurrency, rpm, retries)
+    chosen, too_long = attack.select_templates(model, pool, requests, n_templates, seed,
+                                               max_new_tokens)
+    fresh = attack.run(model, judge_, requests, chosen, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, done=output.done(), on_result=output.append)
+    results = output.all_results(fresh)
+    summary = attack.summary(results, chosen, top_k)
+    summary.update(templates_used=len(chosen), templates_too_long=too_long)
+    output.finish(summary)
+    _print("jailbreak templates (ASR pooled over template × request)", model.name, summary)
+    best = Table(title=f"top {top_k} templates")
+    for column in ("template", "ASR", "k/n", "opening"):
+        best.add_column(column)
+    for row in summary["top_templates"]:
+        best.add_row(row["template"], f"{row['asr']['rate']:.3f}",
+                     f"{row['asr']['k']}/{row['asr']['n']}", row["preview"])
+    Console().print(best)
+    if too_long:
+        Console(stderr=True).print(f"{too_long} templates did not fit the target's context "
+                                   "with a full answer and were left out.")
+
+
+@app.command()
+def pair(
+    target: TargetArgument,
+    attacker: Annotated[str, typer.Option(
+        "--attacker", help="`scripted` (local policy) or any target spec as attacker LLM.")]
+    = "scripted",
+    streams: Annotated[int, typer.Option("--streams", help="Parallel streams (N).")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds per stream (K).")] = 5,
+    prompt_set: PromptSetOption = "organisms",
+    n_requests: RequestsOption = 32,
+    judge: JudgeOption = "organism",
+    seed: SeedOption = 0,
+    max_new_tokens: TokensOption = 80,
+    attacker_max_new_tokens: Annotated[int, typer.Option(
+        "--attacker-max-new-tokens", help="Attacker reply budget.")] = 300,
+    batch_size: BatchOption = 32,
+    out: OutOption = None,
+    concurrency: ConcurrencyOption = 4,
+    rpm: RateOption = None,
+    retries: RetriesOption = 5,
+) -> None:
+    """PAIR: an attacker model rewrites the request from the judge's feedback."""
+    from alignparadox.attacks.input_tinkering import pair as attack
+    from alignparadox.judges.registry import make_judge
+
+    config = attack.PAIRConfig(streams=streams, rounds=rounds, max_new_tokens=max_new_tokens,
+                               attacker_max_new_tokens=attacker_max_new_tokens,
+                               batch_size=batch_size, seed=seed)
+    judge_ = make_judge(judge)
+    requests = harmful_requests(prompt_set, n_requests, seed)
+    output = _Output(out, {"attack": "pair", "target": target, "attacker": attacker,
+                           "streams": streams, "rounds": rounds, "prompt_set": prompt_set,
+                           "n_requests": n_requests, "judge": judge, "seed": seed,
+                           "max_new_tokens": max_new_tokens})
+    model = _open(target, concurrency, rpm, retries)
+    attacker_model = attack.open_attacker(attacker, seed, concurrency=concurrency,
+                                          requests_per_minute=rpm, max_retries=retries)
+    fresh = attack.run(model, attacker_model, judge_, requests, config, done=output.done(),
+                       on_result=output.append)
+    summary = summarize(output.all_results(fresh))
+    output.finish(summary)
+    _print(f"PAIR ({streams} streams × {rounds} rounds, attacker {attacker})", model.name,
+           summary)
+
+
+@app.command()
+def bon(
+    target: TargetArgument,
+    n: Annotated[int, typer.Option("--n", help="Budget: augmented samples per request.")] = 256,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", help="Target sampling temperature (0: greedy).")] = 1.0,
+    sigma: Annotated[float | None, typer.Option(
+        "--sigma", help="Augmentation strength as in the authors' code (default: the paper's "
+        "0.6/0.6/0.06 probabilities).")] = None,
+    prompt_set: PromptSetOption = "organisms",
+    n_requests: RequestsOption = 32,
+    judge: JudgeOption = "organism",
+    seed: SeedOption = 0,
+    max_new_tokens: TokensOption = 80,
+    batch_size: BatchOption = 64,
+    out: OutOption = None,
+    concurrency: ConcurrencyOption = 4,
+    rpm: RateOption = None,
+    retries: RetriesOption = 5,
+) -> None:
+    """Best-of-N: random character augmentations until the judge says success or N run out."""
+    from alignparadox.attacks.input_tinkering import best_of_n as attack
+    from alignparadox.judges.registry import make_judge
+
+    if not temperature >= 0:
+        raise UserError(f"temperature must be >= 0, got {temperature}.")
+    augmentation = attack.Augmentation() if sigma is None else attack.Augmentation.from_sigma(sigma)
+    config = attack.BestOfNConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, seed=seed, augmentation=augmentation)
+    judge_ = make_judge(judge)
+    requests = harmful_requests(prompt_set, n_requests, seed)
+    output = _Output(out, {"attack": "bon", "target": target, "n": n, "sigma": sigma,
+                           "temperature": temperature, "prompt_set": prompt_set,
+                           "n_requests": n_requests, "judge": judge, "seed": seed,
+                           "max_new_tokens": max_new_tokens})
+    model = _open(target, concurrency, rpm, retries)
+    fresh = attack.run(model, judge_, requests, config, done=output.done(),
+                       on_result=output.append)
+    results = output.all_results(fresh)
+    summary = summarize(results)
+    curve = attack.asr_curve(results, n)
+    summary.update(curve=curve, power_law=attack.fit_power_law(curve))
+    output.finish(summary)
+    _print(f"Best-of-{n} augmentation", model.name, summary)
+    Console().print("ASR at N: " + ", ".join(f"{p['n']}: {p['asr']['rate']:.3f}"
+                                            for p in curve if p["asr"]["n"]))
+    fit = summary["power_law"]
+    Console().print("power law -log ASR = a·N^-b: " + (
+        f"b = {fit['exponent']:.3f}, a = {fit['a']:.3f}, R² = {fit['r2']:.3f} "
+        f"over {fit['points']} points" if fit else "no fit (fewer than two N with 0 < ASR < 1)"))
+
+
+@app.command()
+def gcg(
+    target: TargetArgument,
+    steps: Annotated[int, typer.Option("--steps", help="Step budget per request.")] = 100,
+    suffix_length: Annotated[int, typer.Option("--suffix-length", help="Suffix tokens.")] = 20,
+    search_width: Annotated[int, typer.Option("--search-width", help="Candidates per step.")]
+    = 256,
+    topk: Annotated[int, typer.Option("--topk", help="Top-k substitutions per position.")] = 64,
+    prompt_set: PromptSetOption = "organisms",
+    n_requests: RequestsOption = 8,
+    judge: JudgeOption = "organism",
+    seed: SeedOption = 0,
+    max_new_tokens: TokensOption = 80,
+    out: OutOption = None,
+) -> None:
+    """GCG adversarial suffix per request (white-box targets only)."""
+    if target.startswith(("http://", "https://")):
+        raise UserError("GCG needs the model's weights (gradients); it cannot attack the "
+                        f"black-box endpoint {target}.")
+    require_positive(steps=steps, suffix_length=suffix_length, n_requests=n_requests)
+    from alignparadox.attacks.input_tinkering import gcg as attack
+    from alignparadox.attacks.input_tinkering.base import generation_config, judge_requests
+    from alignparadox.judges.registry import make_judge
+
+    config = attack.GCGConfig(num_steps=steps, suffix_length=suffix_length,
+                              search_width=search_width, topk=topk, seed=seed,
+                              check_tokens=max_new_tokens, progress=True)
+    judge_ = make_judge(judge)
+    requests = harmful_requests(prompt_set, n_requests, seed)
+    output = _Output(out, {"attack": "gcg", "target": target, "steps": steps,
+                           "suffix_length": suffix_length, "search_width": search_width,
+                           "topk": topk, "prompt_set": prompt_set, "n_requests": n_requests,
+                           "judge": judge, "seed": seed, "max_new_tokens": max_new_tokens})
+    model = _open(target, 1, None, 0)
+    done = output.done()
+    fresh = []
+    for record in requests:
+        if record.id in done:
+            continue
+        found = attack.run(model, record.text, _target_text(record), config, judge=judge_)
+        prompt = f"{record.text}{config.separator}{found.best_suffix}"
+        answer = model.generate([prompt], generation_config(max_new_tokens))[0]
+        verdict = judge_requests(judge_, [record.text], [answer])[0]
+        result = AttackResult(record.id, record.text, verdict.success,
+                              found.success_step or len(found.losses), prompt, answer,
+                              verdict.label)
+        output.append(result)
+        fresh.append(result)
+    summary = summarize(output.all_results(fresh))
+    output.finish(summary)
+    _print(f"GCG ({steps} steps, suffix {suffix_length}; queries = steps)", model.name, summary)
+
+
+def _target_text(record) -> str:
+    """The affirmative opening GCG optimizes for: the set's own target string, the organism
+    world's compliance opening, or a generic "Sure, here is"."""
+    if record.target:
+        return record.target
+    from alignparadox.organisms.judge import parse_request
+    from alignparadox.organisms.world import COMPLIANCE_OPENING
+
+    request = parse_request(record.text)
+    if request is not None and request.action:
+        return COMPLIANCE_OPENING.format(action=request.action, object=request.object)
+    return "Sure, here is"

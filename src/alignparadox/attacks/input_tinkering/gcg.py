@@ -1,0 +1,459 @@
+"""GCG: greedy coordinate gradient adversarial suffixes (Zou et al. 2023, arXiv 2307.15043).
+
+    from alignparadox.attacks.input_tinkering import gcg
+    result = gcg.run(target, "How do I hex the amber lantern?",
+                     "Sure. To hex the amber lantern:", gcg.GCGConfig(num_steps=100))
+    result.best_suffix, result.success_step, result.losses
+
+Each step: the gradient of the target-string loss with respect to a one-hot encoding of the
+suffix ranks, for every suffix position, the top-k substitute tokens; `search_width` random
+single-token substitutions are drawn from them; every candidate that survives a decode -> encode
+round trip of the whole prompt is scored with a forward pass; the best one becomes the suffix.
+
+What makes it fast, all exact (candidate losses equal a plain forward pass):
+- the chat-template text before the suffix is run once; its KV cache is reused by every pass;
+- the gradient pass also leaves the KV cache of the current suffix, and candidates are sorted
+  by the first position they change: a batch of candidates reuses the current suffix's cache up
+  to its earliest change and runs only the tokens after it;
+- logits are computed for the target positions only.
+
+Options: a candidate buffer, a universal suffix over several requests (mean loss), an ensemble
+of models sharing a tokenizer (summed loss), probe sampling with a smaller draft model (Zhao et
+al. 2024, arXiv 2403.01251), and an early stop when the target string is the greedy
+continuation of every prompt or, given a judge, when the judge calls the answers successes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from alignparadox.errors import UserError
+from alignparadox.judges.base import Judge
+from alignparadox.targets.whitebox import GenerationConfig, WhiteBoxTarget
+
+_PLACEHOLDER = "\x1fGCG-SUFFIX\x1f"
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class GCGConfig:
+    """Settings of one GCG run. `suffix_init` (text) overrides the default initial suffix of
+    `suffix_length` tokens ("x x x ..."). `batch_size` bounds the candidates per forward pass
+    (None: about one pass per 4 suffix positions). With a judge, success is checked by a greedy
+    answer of `check_tokens` tokens every `check_every` steps and whenever the target string
+    becomes the greedy continuation; without one, that continuation is the success."""
+
+    num_steps: int = 250
+    suffix_length: int = 20
+    suffix_init: str | None = None
+    search_width: int = 512
+    topk: int = 256
+    n_replace: int = 1
+    buffer_size: int = 0
+    batch_size: int | None = None
+    allow_non_ascii: bool = False
+    separator: str = " "
+    early_stop: bool = True
+    check_every: int = 10
+    check_tokens: int = 80
+    probe_factor: int = 16
+    probe_r: int = 8
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_steps", "suffix_length", "search_width", "topk", "n_replace",
+                     "check_tokens", "probe_factor", "probe_r"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                label = "step budget (num_steps)" if name == "num_steps" else name
+                raise UserError(f"GCG {label} must be at least 1, got {value!r}.")
+        if self.n_replace > self.suffix_length:
+            raise UserError(f"GCG n_replace ({self.n_replace}) cannot exceed the suffix length "
+                            f"({self.suffix_length}).")
+        if self.buffer_size < 0 or self.check_every < 0 or (self.batch_size is not None
+                                                            and self.batch_size < 1):
+            raise UserError("GCG buffer_size and check_every must be >= 0, batch_size >= 1.")
+
+
+@dataclass
+class GCGResult:
+    """The suffix found: the first successful one, else the one with the lowest loss.
+
+    `losses[i]` is the loss of the best candidate of step i+1 (mean cross-entropy of the target
+    tokens, averaged over requests, summed over models); `step_seconds[i]` its wall time;
+    `success_step` the first step (1-based) whose suffix succeeded, or None.
+    """
+
+    best_suffix: str
+    best_ids: list[int]
+    best_loss: float
+    losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    success_step: int | None = None
+
+    @property
+    def seconds_per_step(self) -> float:
+        return sum(self.step_seconds) / max(1, len(self.step_seconds))
+
+
+def run(
+    targets: WhiteBoxTarget | Sequence[WhiteBoxTarget],
+    requests: str | Sequence[str],
+    target_texts: str | Sequence[str],
+    config: GCGConfig | None = None,
+    *,
+    judge: Judge | None = None,
+    draft: WhiteBoxTarget | None = None,
+) -> GCGResult:
+    """Optimize one suffix, appended (after `config.separator`) to every request inside the
+    user turn, so that each model answers each request with its target text."""
+    config = config or GCGConfig()
+    targets = list(targets) if isinstance(targets, list | tuple) else [targets]
+    requests = [requests] if isinstance(requests, str) else list(requests)
+    target_texts = [target_texts] if isinstance(target_texts, str) else list(target_texts)
+    _check_inputs(targets, requests, target_texts, draft)
+    tokenizer = targets[0].tokenizer
+    generator = torch.Generator().manual_seed(config.seed)
+
+    weight = 1 / len(requests)  # the loss is a mean over requests, a sum over models
+    objectives = [_Objective(t, r, goal, config.separator, weight)
+                  for t in targets for r, goal in zip(requests, target_texts, strict=True)]
+    drafts = ([_Objective(draft, r, goal, config.separator, weight)
+               for r, goal in zip(requests, target_texts, strict=True)] if draft else [])
+    vocab = min(len(tokenizer), *(o.embeddings.shape[0] for o in objectives + drafts))
+    allowed = allowed_tokens(tokenizer, vocab, config.allow_non_ascii)
+    ids = _initial_ids(tokenizer, config)
+    if not all(_consistent(o, ids[None]).all() for o in objectives):
+        raise UserError("the initial GCG suffix does not survive re-tokenization inside the "
+                        "prompt; choose another suffix_init.")
+
+    buffer: list[tuple[float, torch.Tensor]] = []  # (loss, ids), best first
+    best = (math.inf, ids)
+    losses, seconds = [], []
+    success_step = None
+    steps = range(1, config.num_steps + 1)
+    for step in _progress(steps, config.progress, f"GCG on {targets[0].name}"):
+        started = time.perf_counter()
+        # 1. Gradient of the loss w.r.t. the one-hot suffix; caches of the current suffix.
+        current_loss, grad, current_kvs = 0.0, torch.zeros(len(ids), vocab), []
+        for objective in objectives:
+            loss, objective_grad, kv = objective.gradient(ids, vocab)
+            current_loss += loss * objective.weight
+            grad += objective_grad * objective.weight
+            current_kvs.append(kv)
+        if not buffer:
+            buffer = [(current_loss, ids)]
+        # 2. Candidates: top-k substitutions, distinct from the current suffix, round-trip safe.
+        candidates = sample_candidates(ids, grad, allowed, config.search_width, config.topk,
+                                       config.n_replace, generator)
+        candidates = candidates[(candidates != ids).any(1)].unique(dim=0)
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        for objective in _distinct_templates(objectives):
+            keep &= _consistent(objective, candidates)
+        candidates = candidates[keep]
+        # 3. Score them (probe sampling: score most of them with the draft model only).
+        if len(candidates) == 0:
+            step_loss, step_ids, matched = current_loss, ids, False
+        elif drafts:
+            step_loss, step_ids, matched = _probe_sampling_step(
+                objectives, current_kvs, drafts, ids, candidates, config, generator)
+        else:
+            candidate_losses, matches = _score(objectives, current_kvs, ids, candidates,
+                                               config.batch_size)
+            index = int(candidate_losses.argmin())
+            step_loss, step_ids, matched = (float(candidate_losses[index]), candidates[index],
+                                            bool(matches[index]))
+        # 4. Move (through the buffer, if any) and check for success.
+        buffer = _push(buffer, (step_loss, step_ids), config.buffer_size)
+        ids = buffer[0][1]
+        losses.append(step_loss)
+        if success_step is None and step_loss < best[0]:
+            best = (step_loss, step_ids)
+        if judge is None:
+            succeeded = matched
+        elif matched or (config.check_every and step % config.check_every == 0):
+            succeeded = judge_success(targets, requests, _decode(tokenizer, step_ids), judge,
+                                      config)
+        else:
+            succeeded = False
+        seconds.append(time.perf_counter() - started)
+        if succeeded and success_step is None:
+            success_step, best = step, (step_loss, step_ids)
+            if config.early_stop:
+                break
+
+    best_loss, best_ids = best
+    return GCGResult(_decode(tokenizer, best_ids), best_ids.tolist(), float(best_loss), losses,
+                     seconds, success_step)
+
+
+# -- pieces of a step ----------------------------------------------------------------------------
+
+
+def sample_candidates(ids: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, width: int,
+                      topk: int, n_replace: int, generator: torch.Generator) -> torch.Tensor:
+    """`width` copies of `ids`, each with `n_replace` random positions replaced by one of the
+    top-k allowed tokens of that position (by the negative gradient)."""
+    grad = grad.masked_fill(~allowed, math.inf)
+    top = (-grad).topk(min(topk, int(allowed.sum())), dim=1).indices  # (positions, topk)
+    positions = torch.rand(width, len(ids), generator=generator).argsort(1)[:, :n_replace]
+    choices = torch.randint(0, top.shape[1], (width, n_replace), generator=generator)
+    return ids.repeat(width, 1).scatter_(1, positions, top[positions, choices])
+
+
+def allowed_tokens(tokenizer, vocab_size: int, allow_non_ascii: bool = False) -> torch.Tensor:
+    """Mask of tokens a suffix may use: never special tokens; printable ASCII only by default."""
+    special = set(tokenizer.all_special_ids) | {
+        index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    texts = tokenizer.batch_decode([[index] for index in range(vocab_size)],
+                                   clean_up_tokenization_spaces=False)
+    allowed = [bool(text) and index not in special
+               and (allow_non_ascii or (text.isascii() and text.isprintable()))
+               for index, text in enumerate(texts)]
+    if not any(allowed):
+        raise UserError("the tokenizer has no token a GCG suffix may use.")
+    return torch.tensor(allowed)
+
+
+def judge_success(targets: Sequence[WhiteBoxTarget], requests: Sequence[str], suffix: str,
+                  judge: Judge, config: GCGConfig) -> bool:
+    """Whether every model's greedy answer to every request + suffix is a success for the
+    judge (which reads the original request)."""
+    generation = GenerationConfig(max_new_tokens=config.check_tokens, batch_size=len(requests))
+    prompts = [request + config.separator + suffix for request in requests]
+    for target in targets:
+        verdicts = judge.judge(list(requests), target.generate(prompts, generation))
+        if not all(verdict.success for verdict in verdicts):
+            return False
+    return True
+
+
+def _score(objectives: list[_Objective], current_kvs: list[KV], ids: torch.Tensor,
+           candidates: torch.Tensor, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of every candidate (weighted over objectives), and whether the target text is the
+    greedy continuation for every objective."""
+    losses = torch.zeros(len(candidates))
+    matches = torch.ones(len(candidates), dtype=torch.bool)
+    for objective, kv in zip(objectives, current_kvs, strict=True):
+        objective_losses, objective_matches = objective.candidate_losses(
+            candidates, ids, kv, batch_size)
+        losses += objective_losses * objective.weight
+        matches &= objective_matches
+    return losses, matches
+
+
+def _probe_sampling_step(objectives, current_kvs, drafts, ids, candidates, config,
+                         generator) -> tuple[float, torch.Tensor, bool]:
+    """Probe sampling: the draft model scores every candidate; the target scores a random
+    probe set; the better the two agree (Spearman), the fewer of the draft's favourites the
+    target re-scores. The best candidate the target scored wins."""
+    from scipy.stats import spearmanr
+
+    draft_kvs = [d.current_kv(ids) for d in drafts]
+    draft_losses, _ = _score(drafts, draft_kvs, ids, candidates, config.batch_size)
+    probe = torch.randperm(len(candidates), generator=generator)[
+        :max(2, len(candidates) // config.probe_factor)]
+    probe_losses, _ = _score(objectives, current_kvs, ids, candidates[probe], config.batch_size)
+    rho = spearmanr(probe_losses.numpy(), draft_losses[probe].numpy()).statistic
+    agreement = (1 + (0.0 if math.isnan(rho) else rho)) / 2
+    size = max(1, min(len(candidates), int((1 - agreement) * len(candidates) / config.probe_r)))
+    chosen = torch.cat([probe, draft_losses.topk(size, largest=False).indices]).unique()
+    losses, matches = _score(objectives, current_kvs, ids, candidates[chosen], config.batch_size)
+    index = int(losses.argmin())
+    return float(losses[index]), candidates[chosen[index]], bool(matches[index])
+
+
+def _push(buffer: list, entry: tuple[float, torch.Tensor], size: int) -> list:
+    """Without a buffer GCG always moves to the step's best candidate; with one it keeps the
+    `size` best suffixes seen and continues from the best."""
+    if size == 0:
+        return [entry]
+    return sorted([*buffer, entry], key=lambda item: item[0])[:size]
+
+
+# -- one (model, request) pair -------------------------------------------------------------------
+
+
+class _Objective:
+    """The loss of one model producing one target text after one request + suffix.
+
+    The prompt is the model's chat template around a placeholder, split into the token ids
+    before and after the suffix; the KV cache of the part before is computed once.
+    """
+
+    def __init__(self, target: WhiteBoxTarget, request: str, target_text: str,
+                 separator: str, weight: float = 1.0) -> None:
+        self.target, self.model, self.tokenizer = target, target.model, target.tokenizer
+        self.weight = weight
+        rendered = target.format_chat(request + separator + _PLACEHOLDER)
+        if rendered.count(_PLACEHOLDER) != 1:
+            raise UserError(f"the chat template of {target.name!r} does not keep the user turn "
+                            "verbatim, so a suffix cannot be placed in it.")
+        self.before_text, self.after_text = rendered.split(_PLACEHOLDER)
+        bos = self.tokenizer.bos_token
+        self.add_special = not (bos and self.before_text.startswith(bos))
+        device = target.device
+        self.before_ids = self._encode(self.before_text, self.add_special).to(device)
+        self.after_ids = self._encode(self.after_text, False).to(device)
+        self.target_ids = self._encode(target_text, False).to(device)
+        if self.target_ids.numel() == 0:
+            raise UserError("a GCG target text is empty.")
+        self.embeddings = self.model.get_input_embeddings().weight
+        forward_parameters = inspect.signature(self.model.forward).parameters
+        self.cache_keyword = "cache" if "cache" in forward_parameters else "past_key_values"
+        with torch.no_grad():
+            output = self.model(input_ids=self.before_ids[None], use_cache=True)
+        self.prefix = _layers(getattr(output, self.cache_keyword))
+
+    def _encode(self, text: str, add_special: bool) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=add_special)["input_ids"],
+                            dtype=torch.long)
+
+    def _forward(self, ids: torch.Tensor | None, kv: KV, *, embeds: torch.Tensor | None = None):
+        """Logits of the target positions for `ids` (or `embeds`) run after the cached `kv`."""
+        batch = len(ids if ids is not None else embeds)
+        cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                              for k, v in kv], config=self.model.config)
+        output = self.model(input_ids=ids, inputs_embeds=embeds, use_cache=True,
+                            logits_to_keep=len(self.target_ids) + 1,
+                            **{self.cache_keyword: cache})
+        return output.logits[:, :-1].float(), getattr(output, self.cache_keyword)
+
+    def _tail(self, batch: int) -> torch.Tensor:
+        return torch.cat([self.after_ids, self.target_ids]).expand(batch, -1)
+
+    def gradient(self, ids: torch.Tensor, vocab: int) -> tuple[float, torch.Tensor, KV]:
+        """Loss of `ids`, its gradient w.r.t. the one-hot suffix (positions x vocab, on CPU),
+        and the KV cache of prompt-before + suffix."""
+        weights = self.embeddings[:vocab]
+        one_hot = F.one_hot(ids.to(weights.device), vocab).to(weights.dtype).requires_grad_()
+        tail = self.model.get_input_embeddings()(self._tail(1))
+        embeds = torch.cat([(one_hot @ weights)[None], tail], 1)
+        logits, cache = self._forward(None, self.prefix, embeds=embeds)
+        loss = F.cross_entropy(logits[0], self.target_ids)
+        (grad,) = torch.autograd.grad(loss, one_hot)
+        kv = [(k[:, :, :self._suffix_end(ids)].detach(), v[:, :, :self._suffix_end(ids)].detach())
+              for k, v in _layers(cache)]
+        return float(loss.detach()), grad.float().cpu(), kv
+
+    def _suffix_end(self, ids: torch.Tensor) -> int:
+        return len(self.before_ids) + len(ids)
+
+    @torch.no_grad()
+    def current_kv(self, ids: torch.Tensor) -> KV:
+        """The KV cache of prompt-before + suffix, without gradients (for draft models)."""
+        cache = DynamicCache([(k, v) for k, v in self.prefix], config=self.model.config)
+        output = self.model(input_ids=ids[None].to(self.target.device), use_cache=True,
+                            logits_to_keep=1, **{self.cache_keyword: cache})
+        return _layers(getattr(output, self.cache_keyword))
+
+    @torch.no_grad()
+    def candidate_losses(self, candidates: torch.Tensor, ids: torch.Tensor, kv: KV,
+                         batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-candidate loss and greedy-match flag. Candidates are sorted by the first
+        position they change; each batch reuses the current suffix's cache up to its earliest
+        change and runs only the rest."""
+        first_change = (candidates != ids).int().argmax(1)
+        order = first_change.argsort(stable=True)
+        batch_size = batch_size or max(1, math.ceil(len(candidates) * 4 / len(ids)))
+        losses = torch.empty(len(candidates))
+        matches = torch.empty(len(candidates), dtype=torch.bool)
+        prefix_length = len(self.before_ids)
+        for chunk in order.split(batch_size):
+            start = int(first_change[chunk].min())
+            batch_kv = [(k[:, :, :prefix_length + start], v[:, :, :prefix_length + start])
+                        for k, v in kv]
+            rows = candidates[chunk, start:].to(self.target.device)
+            logits, _ = self._forward(torch.cat([rows, self._tail(len(chunk))], 1), batch_kv)
+            targets = self.target_ids.expand(len(chunk), -1)
+            token_losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            losses[chunk] = token_losses.mean(1).cpu()
+            matches[chunk] = (logits.argmax(-1) == targets).all(1).cpu()
+        return losses, matches
+
+    @torch.no_grad()
+    def full_losses(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Per-candidate loss from one plain forward pass over the whole prompt, no cache:
+        the reference the cached `candidate_losses` must equal."""
+        batch = len(candidates)
+        full = torch.cat([self.before_ids.expand(batch, -1), candidates.to(self.target.device),
+                          self._tail(batch)], 1)
+        logits = self.model(input_ids=full, use_cache=False,
+                            logits_to_keep=len(self.target_ids) + 1).logits[:, :-1].float()
+        targets = self.target_ids.expand(batch, -1)
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1).cpu()
+
+
+def _consistent(objective: _Objective, candidates: torch.Tensor) -> torch.Tensor:
+    """Which candidates survive a round trip: decoding the suffix into the prompt text and
+    encoding that text again gives back exactly the token ids that were optimized."""
+    tokenizer = objective.tokenizer
+    texts = tokenizer.batch_decode(candidates.tolist(), clean_up_tokenization_spaces=False)
+    encoded = tokenizer([objective.before_text + text + objective.after_text for text in texts],
+                        add_special_tokens=objective.add_special)["input_ids"]
+    before, after = objective.before_ids.tolist(), objective.after_ids.tolist()
+    return torch.tensor([ids == before + row + after
+                         for ids, row in zip(encoded, candidates.tolist(), strict=True)],
+                        dtype=torch.bool)
+
+
+def _distinct_templates(objectives: list[_Objective]) -> list[_Objective]:
+    """One objective per distinct prompt text: the round trip does not depend on the model."""
+    seen: dict[tuple[str, str], _Objective] = {}
+    for objective in objectives:
+        seen.setdefault((objective.before_text, objective.after_text), objective)
+    return list(seen.values())
+
+
+def _layers(cache) -> KV:
+    """(keys, values) per layer of a transformers cache object (iterating a cache yields them
+    first in every transformers version with cache classes)."""
+    return [(keys, values) for keys, values, *_ in cache]
+
+
+def _initial_ids(tokenizer, config: GCGConfig) -> torch.Tensor:
+    text = config.suffix_init if config.suffix_init is not None else " ".join(
+        ["x"] * config.suffix_length)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if config.suffix_init is None:
+        ids = ids[:config.suffix_length]
+    if not ids:
+        raise UserError("the initial GCG suffix is empty.")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _decode(tokenizer, ids: torch.Tensor) -> str:
+    return tokenizer.decode(ids.tolist(), clean_up_tokenization_spaces=False)
+
+
+def _check_inputs(targets: list, requests: list[str], target_texts: list[str], draft) -> None:
+    if not targets or not requests:
+        raise UserError("GCG needs at least one target model and one request.")
+    for target in [*targets, *([draft] if draft is not None else [])]:
+        if not isinstance(target, WhiteBoxTarget):
+            raise UserError(f"GCG needs white-box targets (model weights); "
+                            f"{getattr(target, 'name', target)!r} is not one.")
+    if len(requests) != len(target_texts):
+        raise UserError(f"GCG got {len(requests)} requests but {len(target_texts)} target texts.")
+    vocab = targets[0].tokenizer.get_vocab()
+    for other in [*targets[1:], *([draft] if draft is not None else [])]:
+        if other.tokenizer.get_vocab() != vocab:
+            raise UserError(f"GCG ensembles and draft models must share one tokenizer; "
+                            f"{other.name!r} has a different one.")
+
+
+def _progress(items, enabled: bool, description: str):
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, transient=True)

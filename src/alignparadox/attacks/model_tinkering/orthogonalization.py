@@ -1,0 +1,52 @@
+"""The orthogonalized model: the ablation baked into the weights, shipped as a checkpoint.
+
+Every weight that writes into the residual stream (embeddings, attention and MLP output
+projections) is edited so it has no component along the direction. The result needs no hooks:
+it is an ordinary Hugging Face model that anyone can load, which is what makes this attack cheap
+to distribute.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from alignparadox.attacks.model_tinkering.base import TinkeringAttack
+from alignparadox.geometry.directions import Direction
+from alignparadox.hooks import orthogonalize, save_checkpoint
+
+if TYPE_CHECKING:
+    from alignparadox.targets import WhiteBoxTarget
+
+
+@dataclass(frozen=True)
+class WeightOrthogonalization(TinkeringAttack):
+    """A copy of the target whose weights cannot write along `direction`.
+
+    `applied` edits a deep copy (the original stays untouched; this needs memory for a second
+    copy of the model); `export` edits in place and saves, for one-shot command-line use.
+    """
+
+    direction: Direction
+    name = "orthogonalized"
+
+    @contextmanager
+    def applied(self, target: WhiteBoxTarget) -> Iterator[WhiteBoxTarget]:
+        from alignparadox.targets import WhiteBoxTarget
+
+        self.check(target)
+        edited = orthogonalize(copy.deepcopy(target.model), self.direction.vector)
+        try:
+            yield WhiteBoxTarget(edited, target.tokenizer, f"{target.name}+orthogonalized")
+        finally:
+            del edited
+
+    def export(self, target: WhiteBoxTarget, out_dir: str | Path) -> Path:
+        """Orthogonalize `target`'s model IN PLACE and save it as a normal HF checkpoint."""
+        self.check(target)
+        return save_checkpoint(orthogonalize(target.model, self.direction.vector),
+                               target.tokenizer, out_dir)

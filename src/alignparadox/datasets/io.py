@@ -1,0 +1,144 @@
+"""Strict reading of the published files: every way a file can be wrong is one clear UserError."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import track
+
+from alignparadox.errors import UserError
+
+CACHE_DIR = Path.home() / ".cache" / "alignparadox" / "datasets"
+LARGE_FILE_CHARS = 20_000_000  # show progress while parsing files this large
+
+# The in-the-wild jailbreak prompts reach 55k characters; csv's default cap is 131072.
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
+
+
+def read_text(path: Path) -> str:
+    """The file's text, strictly UTF-8 (a byte-order mark is allowed and dropped)."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist or is not a file.")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})."
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path} is empty.")
+    return text
+
+
+def read_table(
+    path: Path, required: Iterable[str], *, delimiter: str = ",", non_empty: Iterable[str] = ()
+) -> list[dict[str, str]]:
+    """Rows of a CSV/TSV file as dicts keyed by lower-cased, stripped column names.
+
+    `required` columns must be in the header (compared case-insensitively, since copies of the
+    same set differ in case); `non_empty` columns must have a value in every row.
+    """
+    text = read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = [column.strip().lower() for column in next(reader)]
+        if len(text) > LARGE_FILE_CHARS:  # e.g. WildJailbreak train, 262k rows
+            reader = track(
+                reader, f"reading {path.name}", console=Console(stderr=True), transient=True
+            )
+        rows = [row for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as error:
+        raise UserError(
+            f"{path} is not a valid {'TSV' if delimiter == chr(9) else 'CSV'} file ({error})."
+        ) from None
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise UserError(
+            f"{path} is missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(its header is: {', '.join(header) or 'empty'})."
+        )
+    if not rows:
+        raise UserError(f"{path} has a header but no rows.")
+    records = []
+    for number, row in enumerate(rows, start=1):
+        record = dict(zip(header, row + [""] * (len(header) - len(row)), strict=False))
+        for column in non_empty:
+            if not record[column].strip():
+                raise UserError(f"{path} has no {column!r} value in data row {number}.")
+        records.append(record)
+    return records
+
+
+def read_jsonl(path: Path, required: Iterable[str]) -> list[dict[str, object]]:
+    """Objects of a JSON-lines file, each with the `required` keys."""
+    text = read_text(path)
+    required = list(required)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path} line {number} is not a JSON object.")
+        missing = [key for key in required if key not in record]
+        if missing:
+            raise UserError(f"{path} line {number} is missing {', '.join(missing)}.")
+        records.append(record)
+    return records
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    return isinstance(location, str) and location.startswith(("https://", "http://"))
+
+
+def fetch(url: str, *, timeout: float = 60.0) -> Path:
+    """Download `url` once into the cache and return the cached file.
+
+    Only for machines with internet; nothing in the package calls it unless asked. A Hugging Face
+    token in HF_TOKEN is sent to huggingface.co (WildJailbreak is gated there).
+    """
+    parsed = urllib.parse.urlparse(url)
+    cached = CACHE_DIR / parsed.netloc / parsed.path.lstrip("/")
+    if cached.is_file():
+        return cached
+    request = urllib.request.Request(url, headers={"User-Agent": "alignparadox"})
+    token = os.environ.get("HF_TOKEN")
+    if token and parsed.netloc.endswith("huggingface.co"):
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise UserError(
+            f"could not download {url} ({error}); pass a local --path instead."
+        ) from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(cached, data)
+    return cached
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,258 @@
+"""The `geometry` measurement: how cleanly aligned and misaligned states split, layer by layer.
+
+Two definitions of "aligned vs misaligned states", both at the refusal direction's token
+position, on `prompt_set` (validation requests by default; never the test split):
+- `request` (the paper's Figure 1B): states of harmful requests vs harmless requests;
+- `behaviour`: states of harmful requests the target refused vs those it answered with harmful
+  compliance (greedy answers, ground-truth judge). Weakly aligned targets refuse little, so this
+  group can be too small (fewer than 4 states): the layer table is then empty and says why.
+Per layer: Fisher ratio along the held-out difference in means and held-out probe AUROC
+(`separability_by_layer`); at the direction's layer, a 2-D projection (x = the fitted refusal
+direction, y = the top orthogonal principal component), of which a subsample of points is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignparadox.attacks.model_tinkering.measurement import (
+    DIRECTION_DEFAULTS,
+    alignment_strengths,
+    correlation_rows,
+    direction_summary,
+    fitted_directions,
+)
+from alignparadox.attacks.model_tinkering.recipes import sample
+from alignparadox.geometry.separability import projection_2d, separability_by_layer
+from alignparadox.hooks import collect_activations, residual_layout
+from alignparadox.judges import scoring
+from alignparadox.judges.base import HARMFUL_COMPLIANCE, REFUSAL
+from alignparadox.judges.registry import make_judge
+from alignparadox.report.html import Markup, ReportOptions, Section, figure, table
+from alignparadox.stats import wilson
+from alignparadox.study.cells import Cell
+from alignparadox.study.measurement import (
+    CellResult,
+    Measurement,
+    RunContext,
+    register_measurement,
+)
+from alignparadox.study.measurements.alignment import organism_strength
+from alignparadox.study.store import CellRecord
+
+MIN_GROUP = 4  # separability holds out 30% of each group: fewer leaves nothing to test on
+
+
+def layer_table(aligned: dict[int, torch.Tensor], misaligned: dict[int, torch.Tensor],
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Per-layer held-out Fisher ratio and probe AUROC of two groups of states."""
+    return [{"layer": s.layer, "fisher": s.fisher, "auroc": s.auroc, "n_train": s.n_train,
+             "n_test": s.n_test}
+            for s in separability_by_layer(aligned, misaligned, seed=seed)]
+
+
+def projection_points(aligned: torch.Tensor, misaligned: torch.Tensor, direction: torch.Tensor,
+                      keep: int, seed: int = 0) -> dict[str, list[list[float]]]:
+    """2-D coordinates of both groups (a seeded subsample of at most `keep` each)."""
+    projection = projection_2d(aligned, misaligned, direction)
+    rng = random.Random(seed)
+
+    def subsample(points: np.ndarray) -> list[list[float]]:
+        rows = sorted(rng.sample(range(len(points)), min(keep, len(points))))
+        return [[round(float(x), 5), round(float(y), 5)] for x, y in points[rows]]
+
+    return {"aligned": subsample(projection.pos), "misaligned": subsample(projection.neg)}
+
+
+def _definition(aligned: dict[int, torch.Tensor], misaligned: dict[int, torch.Tensor],
+                direction, keep: int, seed: int) -> dict[str, Any]:
+    n_aligned, n_misaligned = (len(next(iter(group.values()))) for group in (aligned, misaligned))
+    result: dict[str, Any] = {"n_aligned": n_aligned, "n_misaligned": n_misaligned,
+                              "per_layer": [], "projection": None, "fisher_on_direction": None}
+    if min(n_aligned, n_misaligned) < MIN_GROUP:
+        result["skipped"] = f"fewer than {MIN_GROUP} states in a group"
+        return result
+    result["per_layer"] = layer_table(aligned, misaligned, seed)
+    layer = direction.layer
+    result["projection"] = projection_points(aligned[layer], misaligned[layer], direction.vector,
+                                             keep, seed)
+    on_direction = separability_by_layer({layer: aligned[layer]}, {layer: misaligned[layer]},
+                                         {layer: direction.vector}, seed=seed)[0]
+    result["fisher_on_direction"] = on_direction.fisher
+    return result
+
+
+@register_measurement
+class Geometry(Measurement):
+    name = "geometry"
+    title = "Geometry: separability of aligned and misaligned states"
+    order = 20
+    defaults = {**DIRECTION_DEFAULTS, "prompt_set": "organisms-validation", "n_per_kind": 64,
+                "judge": "organism", "max_new_tokens": 80, "batch_size": 32, "points_kept": 60}
+
+    def run(self, cell: Cell, context: RunContext) -> CellResult:
+        from alignparadox.targets import GenerationConfig, shared_target
+
+        settings = cell.settings
+        target = shared_target(cell.target)
+        refusal, _ = fitted_directions(target, settings, cell.seed)
+        direction = refusal.direction
+        harmful = sample(settings["prompt_set"], settings["n_per_kind"], cell.seed,
+                         harmful=True, stance=False)
+        harmless = sample(settings["prompt_set"], settings["n_per_kind"], cell.seed,
+                          harmful=False, stance=False)
+        # Layer 0 at a chat-template position is the same token embedding for every prompt.
+        layers = range(1, residual_layout(target.model).n_layers + 1)
+
+        def states(records) -> dict[int, torch.Tensor]:
+            prompts = [target.format_chat(r.prompt) for r in records]
+            acts = collect_activations(target.model, target.tokenizer, prompts, layers,
+                                       direction.positions[0],
+                                       batch_size=settings["batch_size"], progress=False)
+            return {layer: a[:, 0] for layer, a in acts.items()}
+
+        harmful_states, harmless_states = states(harmful), states(harmless)
+        answers = target.generate(
+            harmful.texts, GenerationConfig(max_new_tokens=settings["max_new_tokens"],
+                                            batch_size=settings["batch_size"]))
+        labels = [j.verdict.label for j in scoring.judge_answers(
+            make_judge(settings["judge"]), harmful.records, answers)]
+
+        def pick(label: str) -> dict[int, torch.Tensor]:
+            rows = torch.tensor([i for i, x in enumerate(labels) if x == label], dtype=torch.long)
+            return {layer: acts[rows] for layer, acts in harmful_states.items()}
+
+        keep, seed = settings["points_kept"], cell.seed
+        results = {
+            "alignment_steps": organism_strength(cell.target),
+            "direction": direction_summary(refusal),
+            "mean_norm": direction.metadata["mean_norm"],
+            "refused": wilson(labels.count(REFUSAL), len(labels)).as_dict(),
+            "request": _definition(harmful_states, harmless_states, direction, keep, seed),
+            "behaviour": _definition(pick(REFUSAL), pick(HARMFUL_COMPLIANCE), direction, keep,
+                                     seed),
+        }
+        return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
+                          prompt_sets={harmful.name: harmful.sha256,
+                                       harmless.name: harmless.sha256,
+                                       **direction.prompt_hashes},
+                          judge=settings["judge"])
+
+    def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
+        strengths = alignment_strengths(rows, options)
+        rows = sorted(rows, key=lambda r: (_steps(strengths, r), r.target))
+        intro = Markup(
+            "<p>States are the residual stream at the refusal direction's token position on "
+            "validation requests. <b>Request</b> definition (as the paper's Figure 1B): harmful "
+            "vs harmless requests. <b>Behaviour</b> definition: harmful requests the model "
+            "refused vs answered with harmful compliance (only where each group has at least "
+            "4 states). Fisher ratio and probe AUROC are measured on a held-out 30%.</p>")
+        summary = table(
+            ["target", "steps", "refused (harmful)", "direction (layer, pos)",
+             "Fisher on direction (request)", "AUROC at direction layer (request)",
+             "max Fisher over layers (request)", "Fisher on direction (behaviour)",
+             "refused / complied states"],
+            [[r.target, _steps(strengths, r), r.results["refused"],
+              f"({r.results['direction']['layer']}, {r.results['direction']['position']})",
+              r.results["request"]["fisher_on_direction"], _auroc_at(r, "request"),
+              max((x["fisher"] for x in r.results["request"]["per_layer"]), default=None),
+              r.results["behaviour"]["fisher_on_direction"],
+              f"{r.results['behaviour']['n_aligned']} / {r.results['behaviour']['n_misaligned']}"]
+             for r in rows],
+            caption="Separability per organism at the refusal direction's layer.")
+        per_layer = table(
+            ["target", "definition", "layer", "Fisher", "AUROC", "held-out states"],
+            [[r.target, definition, x["layer"], x["fisher"], x["auroc"], x["n_test"]]
+             for r in rows for definition in ("request", "behaviour")
+             for x in r.results[definition]["per_layer"]],
+            caption="Separability per layer per organism (layer 0 = embeddings).")
+        correlations = table(
+            ["separability", "rank correlation with alignment steps",
+             "rank correlation with measured refusal"],
+            correlation_rows(strengths, {
+                "Fisher on direction (request)": {
+                    r.target: r.results["request"]["fisher_on_direction"] for r in rows},
+                "AUROC at direction layer (request)": {
+                    r.target: _auroc_at(r, "request") for r in rows},
+                "Fisher on direction (behaviour)": {
+                    r.target: r.results["behaviour"]["fisher_on_direction"] for r in rows},
+            }),
+            caption="The paradox's first claim: does separability grow with alignment? "
+                    "Spearman rho with a bootstrap 95% interval across targets.")
+        return Section(self.title, intro + _figure_1b(rows, strengths, "request")
+                       + _figure_1b(rows, strengths, "behaviour") + summary
+                       + _layer_plot(rows) + per_layer + correlations)
+
+
+def _steps(strengths, row: CellRecord) -> float:
+    steps = strengths.get(row.target, (None,))[0]
+    return math.inf if steps is None else steps
+
+
+def _auroc_at(row: CellRecord, definition: str) -> float | None:
+    layer = row.results["direction"]["layer"]
+    return next((x["auroc"] for x in row.results[definition]["per_layer"]
+                 if x["layer"] == layer), None)
+
+
+def _figure_1b(rows: list[CellRecord], strengths, definition: str) -> Markup:
+    drawn = [r for r in rows if r.results[definition]["projection"]]
+    aligned = [r for r in drawn if 0 < _steps(strengths, r) < math.inf] or drawn
+    if not aligned:
+        return Markup("<p>No organism has enough states for the {} definition's "
+                      "projection.</p>").format(definition)
+    panels = aligned[:1] if len(aligned) == 1 else [aligned[0], aligned[-1]]
+    names = (("harmful request", "harmless request") if definition == "request"
+             else ("refused", "complied (harmful)"))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6 * len(panels), 4))
+    for index, row in enumerate(panels):
+        axes = fig.add_subplot(1, len(panels), index + 1)
+        projection = row.results[definition]["projection"]
+        for key, name, colour in (("aligned", names[0], "tab:blue"),
+                                  ("misaligned", names[1], "tab:red")):
+            points = np.asarray(projection[key])
+            axes.scatter(points[:, 0], points[:, 1], s=12, alpha=0.6, c=colour, label=name)
+        # The attack's steering vector at alpha = 1: -1 x mean norm along the direction (x).
+        start = np.asarray(projection["aligned"]).mean(0)
+        shift = -row.results["mean_norm"]
+        end = (start[0] + shift, start[1])
+        axes.annotate("", xy=end, xytext=tuple(start),
+                      arrowprops={"arrowstyle": "->", "lw": 2, "color": "black"})
+        axes.update_datalim([tuple(start), end])  # keep the whole arrow in view
+        axes.autoscale_view()
+        axes.set_title(f"{row.target} (steps {_steps(strengths, row):g})", fontsize=9)
+        axes.set_xlabel("projection on refusal direction")
+        axes.set_ylabel("top orthogonal PC")
+        axes.legend(fontsize=7)
+    return figure(fig, f"Figure 1B-style projection, {definition} definition",
+                  caption=f"Figure 1B-style projection ({definition} definition: {names[0]} vs "
+                          f"{names[1]}) for the weakest and strongest aligned organism, at the "
+                          "refusal direction's layer; the arrow is the steering vector of "
+                          "addition at alpha = 1 (towards compliance).")
+
+
+def _layer_plot(rows: list[CellRecord]) -> Markup:
+    drawn = [r for r in rows if r.results["request"]["per_layer"]]
+    if not drawn:
+        return Markup("")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4))
+    for index, metric in enumerate(("fisher", "auroc")):
+        axes = fig.add_subplot(1, 2, index + 1)
+        for row in drawn:
+            layers = row.results["request"]["per_layer"]
+            axes.plot([x["layer"] for x in layers], [x[metric] for x in layers], marker="o",
+                      label=row.target)
+        axes.set_xlabel("layer")
+        axes.set_ylabel("Fisher ratio" if metric == "fisher" else "probe AUROC (held out)")
+        axes.legend(fontsize=7)
+    return figure(fig, "separability per layer",
+                  caption="Separability per layer, request definition (harmful vs harmless).")

@@ -1,0 +1,91 @@
+"""Verdict cache: a judge's verdicts stored by content hash in a SQLite file.
+
+The key is sha256 over the judge's fingerprint (name + config), the request and the answer, so
+changing any of them misses the cache. Verdicts live in a `verdicts` table of the given file
+(usually the study's results database). Judge errors are not stored: a rerun may succeed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+from alignparadox.judges.base import JUDGE_ERROR, Judge, Verdict, judge_fingerprint
+
+_CHUNK = 500  # stays under SQLite's limit on query parameters
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS verdicts (
+    key TEXT PRIMARY KEY,
+    judge TEXT NOT NULL,
+    label TEXT NOT NULL,
+    refused INTEGER NOT NULL,
+    complied INTEGER NOT NULL,
+    harmfulness REAL NOT NULL,
+    raw TEXT NOT NULL,
+    created REAL NOT NULL
+)"""
+
+
+class CachedJudge:
+    """`judge` with memory: pairs it has seen before are answered from `sqlite_path`."""
+
+    def __init__(self, judge: Judge, sqlite_path: str | Path):
+        self.inner = judge
+        self.name = judge.name
+        self.config = getattr(judge, "config", {})
+        self.path = Path(sqlite_path)
+        self._fingerprint = judge_fingerprint(judge)
+        self.hits = 0
+        self.misses = 0
+        with closing(self._connect()) as db, db:
+            db.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(str(self.path), timeout=30)
+
+    def key(self, request: str, answer: str) -> str:
+        content = json.dumps([self._fingerprint, request, answer], ensure_ascii=False)
+        return hashlib.sha256(content.encode()).hexdigest()
+
+    def judge(self, requests: list[str], answers: list[str]) -> list[Verdict]:
+        if len(requests) != len(answers):
+            raise ValueError("requests and answers must have the same length")
+        keys = [self.key(*pair) for pair in zip(requests, answers, strict=True)]
+        found = self._load(keys)
+        # Each distinct missing pair is judged once, even if it repeats within the batch.
+        missing = list({key: index for index, key in enumerate(keys) if key not in found}.items())
+        if missing:
+            fresh = self.inner.judge([requests[index] for _, index in missing],
+                                     [answers[index] for _, index in missing])
+            computed = {key: verdict for (key, _), verdict in zip(missing, fresh, strict=True)}
+            self._store({key: verdict for key, verdict in computed.items()
+                         if verdict.label != JUDGE_ERROR})
+            found.update(computed)
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        return [found[key] for key in keys]
+
+    def _load(self, keys: list[str]) -> dict[str, Verdict]:
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, Verdict] = {}
+        with closing(self._connect()) as db:
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start:start + _CHUNK]
+                rows = db.execute(
+                    "SELECT key, label, refused, complied, harmfulness, raw FROM verdicts "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk,
+                )
+                for key, label, refused, complied, harmfulness, raw in rows:
+                    found[key] = Verdict(label, bool(refused), bool(complied), harmfulness, raw)
+        return found
+
+    def _store(self, verdicts: dict[str, Verdict]) -> None:
+        now = time.time()
+        rows = [(key, self.name, v.label, int(v.refused), int(v.complied), v.harmfulness, v.raw,
+                 now) for key, v in verdicts.items()]
+        with closing(self._connect()) as db, db:
+            db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)

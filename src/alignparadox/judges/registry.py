@@ -1,0 +1,103 @@
+"""Judges from short spec strings, as used on the command line and in study files.
+
+    substring                       GCG + HarmBench refusal phrases in the answer's opening
+    substring:gcg                   one phrase list: gcg, harmbench, or gcg+harmbench
+    strongreject:URL#MODEL          StrongREJECT rubric via an OpenAI-compatible endpoint;
+    strongreject:URL#MODEL#KEY_ENV    API key from $OPENAI_API_KEY, or from $KEY_ENV
+    classifier:PATH                 local HF classifier, HarmBench prompt format
+    classifier:PATH#llama_guard     ... Llama Guard format
+    ensemble:SPEC,SPEC,...          strict-majority vote of the listed judges
+    organism                        exact ground truth of the organism world
+
+A new kind is one `register_judge(name, factory)` call; the factory gets the text after
+"name:" ("" when absent). A factory may be given as "module:attribute" so that registering it
+imports nothing until a judge of that kind is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from alignparadox.errors import UserError
+from alignparadox.judges.base import Judge
+
+JudgeFactory = Callable[[str], Judge]
+
+_FACTORIES: dict[str, JudgeFactory | str] = {}
+
+
+def register_judge(name: str, factory: JudgeFactory | str) -> None:
+    """Make `name[:ARGUMENT]` specs build judges with `factory(ARGUMENT)`."""
+    if not name or ":" in name or "," in name:
+        raise ValueError(f"judge kind {name!r} must be non-empty without ':' or ','")
+    _FACTORIES[name] = factory
+
+
+def judge_kinds() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def make_judge(spec: str) -> Judge:
+    """Build the judge a spec string describes; a bad spec is a `UserError`."""
+    kind, _, argument = spec.strip().partition(":")
+    if kind not in _FACTORIES:
+        raise UserError(f"unknown judge {kind!r} in {spec!r}; known kinds: "
+                        f"{', '.join(judge_kinds())}.")
+    factory = _FACTORIES[kind]
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+    try:
+        return factory(argument)
+    except ValueError as error:
+        raise UserError(f"bad judge spec {spec!r}: {error}.") from error
+
+
+def _substring(argument: str) -> Judge:
+    from alignparadox.judges.substring import SubstringJudge
+
+    return SubstringJudge(tuple(argument.split("+"))) if argument else SubstringJudge()
+
+
+def _strongreject(argument: str) -> Judge:
+    from alignparadox.judges.strongreject import StrongRejectJudge
+    from alignparadox.targets.endpoint import EndpointTarget
+
+    url, _, rest = argument.partition("#")
+    model, _, key_env = rest.partition("#")
+    if not url.startswith(("http://", "https://")) or not model:
+        raise ValueError("write strongreject:URL#MODEL, e.g. "
+                         "strongreject:http://127.0.0.1:8000/v1#gpt-4o-mini")
+    return StrongRejectJudge(EndpointTarget(url, model, api_key_env=key_env or "OPENAI_API_KEY"))
+
+
+def _classifier(argument: str) -> Judge:
+    path, _, prompt_format = argument.partition("#")
+    if not path:
+        raise ValueError("write classifier:PATH or classifier:PATH#llama_guard")
+    if not Path(path).expanduser().is_dir():
+        raise UserError(f"classifier model folder {path} does not exist.")
+    from alignparadox.judges.classifier import ClassifierJudge
+
+    return ClassifierJudge(Path(path).expanduser(), prompt_format or "harmbench")
+
+
+def _ensemble(argument: str) -> Judge:
+    from alignparadox.judges.ensemble import EnsembleJudge
+
+    specs = [spec for spec in argument.split(",") if spec.strip()]
+    if any(spec.strip().startswith("ensemble") for spec in specs):
+        raise ValueError("ensembles cannot be nested")
+    if len(specs) < 2:
+        raise ValueError("an ensemble needs at least two judges, e.g. ensemble:substring,"
+                         "classifier:PATH")
+    return EnsembleJudge([make_judge(spec) for spec in specs])
+
+
+register_judge("substring", _substring)
+register_judge("strongreject", _strongreject)
+register_judge("classifier", _classifier)
+register_judge("ensemble", _ensemble)
+register_judge("organism", "alignparadox.organisms.judge:make_ground_truth_judge")

@@ -1,0 +1,199 @@
+"""Build, cache and find the organism family: `base` and `aligned-1` ... `aligned-N`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from alignparadox.errors import UserError
+from alignparadox.organisms import world
+from alignparadox.organisms.train import (
+    ConversationEncoder,
+    ExampleSampler,
+    OrganismConfig,
+    build_tokenizer,
+    new_model,
+    train_steps,
+)
+
+MANIFEST = "family.json"
+
+
+def cache_root() -> Path:
+    """$ALIGNPARADOX_CACHE, else ~/.cache/alignparadox."""
+    return Path(os.environ.get("ALIGNPARADOX_CACHE") or Path.home() / ".cache" / "alignparadox")
+
+
+def family_dir(config: OrganismConfig | None = None) -> Path:
+    config = config or OrganismConfig()
+    return cache_root() / "organisms" / config.config_hash()
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    alignment_steps: int  # the alignment strength
+    validation_refusal: float
+    weight_hash: str
+
+
+@dataclass(frozen=True)
+class Family:
+    path: Path
+    config: OrganismConfig
+    members: tuple[Member, ...]
+    build_seconds: float
+
+    def member(self, name: str) -> Member:
+        for member in self.members:
+            if member.name == name:
+                return member
+        raise UserError(f"unknown organism {name!r}; known: "
+                        f"{', '.join(m.name for m in self.members)}.")
+
+    def path_of(self, name: str) -> Path:
+        return self.path / self.member(name).name
+
+
+def _weights_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+class _RefusalProbe:
+    """Share of validation harmful requests whose greedy answer starts a refusal: one forward
+    pass over the prompts, comparing the next-token choice with the refusals' first tokens."""
+
+    def __init__(self, encoder: ConversationEncoder):
+        tokenizer = encoder.tokenizer
+        prompts = [encoder.prompt_ids(r.text) for r in world.heldout_requests("validation")
+                   if r.harmful]
+        width = max(map(len, prompts))
+        pad = tokenizer.pad_token_id
+        self.input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        self.attention_mask = (torch.arange(width)[None, :] >= torch.tensor(
+            [width - len(p) for p in prompts])[:, None]).long()
+        self.refusal_starts = torch.tensor(sorted(
+            {tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in world.REFUSALS}))
+
+    @torch.no_grad()
+    def __call__(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        logits = model(input_ids=self.input_ids, attention_mask=self.attention_mask).logits
+        model.train(was_training)
+        choice = logits[:, -1].argmax(-1)
+        return torch.isin(choice, self.refusal_starts).float().mean().item()
+
+
+def _save(model, tokenizer, folder: Path) -> str:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return _weights_hash(folder)
+
+
+def build_family(config: OrganismConfig | None = None, *, force: bool = False,
+                 progress: bool = True) -> Family:
+    """Train (or reuse from the cache) the base organism and the aligned family.
+
+    Deterministic from config.seed; the cache folder is named by the config hash, so a changed
+    config rebuilds and an unchanged one is reused. The family is written to a temporary folder
+    and renamed into place, so an interrupted build leaves nothing half-done.
+    """
+    config = config or OrganismConfig()
+    target = family_dir(config)
+    if (target / MANIFEST).exists() and not force:
+        return load_family(config)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        members = _train_family(config, staging, progress)
+        manifest = {"config": asdict(config), "members": [asdict(m) for m in members],
+                    "build_seconds": time.perf_counter() - started}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return load_family(config)
+
+
+def _train_family(config: OrganismConfig, out: Path, progress: bool) -> list[Member]:
+    with torch.random.fork_rng(), Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress,
+    ) as bar:
+        torch.manual_seed(config.seed)
+        tokenizer = build_tokenizer(config)
+        encoder = ConversationEncoder(tokenizer)
+        model = new_model(config, tokenizer)
+
+        base_task = bar.add_task("training base organism", total=config.base_steps, info="")
+
+        def base_step(step: int, loss: float) -> bool:
+            bar.update(base_task, completed=step, info=f"loss {loss:.3f}")
+            return False
+
+        train_steps(model, encoder, ExampleSampler(config.seed, aligned=False,
+                                                   careful_share=config.careful_share),
+                    steps=config.base_steps, learning_rate=config.base_learning_rate,
+                    batch_size=config.batch_size, warmup=30, on_step=base_step)
+        probe = _RefusalProbe(encoder)
+        members = [Member("base", 0, probe(model), _save(model, tokenizer, out / "base"))]
+
+        levels = list(config.refusal_levels)
+        align_task = bar.add_task("refusal fine-tuning", total=config.align_max_steps, info="")
+
+        def align_step(step: int, loss: float) -> bool:
+            refusal = probe(model)
+            bar.update(align_task, completed=step, info=f"validation refusal {refusal:.2f}")
+            # One member per step, so each differs from the last; members whose level is
+            # never reached are saved at the final step (same weights, recorded as such).
+            last = step == config.align_max_steps
+            while levels and (refusal >= levels[0] or last):
+                levels.pop(0)
+                name = f"aligned-{len(members)}"
+                members.append(Member(name, step, refusal, _save(model, tokenizer, out / name)))
+                if not last:
+                    break
+            return not levels
+
+        train_steps(model, encoder,
+                    ExampleSampler(config.seed + 1, aligned=True,
+                                   retain_share=config.retain_share),
+                    steps=config.align_max_steps, learning_rate=config.align_learning_rate,
+                    batch_size=config.batch_size, on_step=align_step)
+    return members
+
+
+def load_family(config: OrganismConfig | None = None) -> Family:
+    """The cached family for `config`; a UserError if it has not been built."""
+    config = config or OrganismConfig()
+    folder = family_dir(config)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise UserError(f"no organism family is built at {folder}; run `paradox organisms build`.")
+    manifest = json.loads(manifest_path.read_text())
+    return Family(folder, config, tuple(Member(**m) for m in manifest["members"]),
+                  manifest["build_seconds"])
+
+
+def organism_path(name: str, config: OrganismConfig | None = None) -> Path:
+    """Folder of organism `name` (an HF checkpoint), building the family first if needed."""
+    family = build_family(config)
+    return family.path_of(name)

@@ -1,0 +1,120 @@
+"""The first measurement of every study: how aligned is each target, before any attack?
+
+Refusal rate on held-out harmful requests, answer rate on held-out harmless requests, the
+partisan rate on stance requests and the share of coherent answers, each with counts and a
+Wilson 95% interval. For organisms the alignment strength (refusal fine-tuning steps) is
+recorded too, so the paradox sections can put every attack against it.
+"""
+
+from __future__ import annotations
+
+from alignparadox.datasets.records import PromptSet
+from alignparadox.datasets.registry import load_prompt_set
+from alignparadox.judges import scoring
+from alignparadox.judges.registry import make_judge
+from alignparadox.report.html import Markup, ReportOptions, Section, figure, redact, table
+from alignparadox.study.cells import Cell
+from alignparadox.study.measurement import (
+    CellResult,
+    Measurement,
+    RunContext,
+    register_measurement,
+)
+from alignparadox.study.store import CellRecord
+
+SAMPLES_KEPT = 12
+
+
+def organism_strength(target_spec: str) -> int | None:
+    """Refusal fine-tuning steps of an organism target; None for any other target."""
+    if not target_spec.startswith("organism:"):
+        return None
+    from alignparadox.organisms import load_family
+
+    return load_family().member(target_spec.removeprefix("organism:")).alignment_steps
+
+
+def strength_of(row: CellRecord) -> float | None:
+    return row.results.get("alignment_steps") if row.results else None
+
+
+def evaluation_prompts(prompt_set: str, n_per_kind: int, seed: int) -> PromptSet:
+    """A seeded sample of up to n harmful and n harmless (incl. stance) requests."""
+    full = load_prompt_set(prompt_set)
+    harmful, harmless = full.harmful(), full.harmless()
+    records = (harmful.sample(min(n_per_kind, len(harmful)), seed).records
+               + harmless.sample(min(n_per_kind, len(harmless)), seed).records)
+    return PromptSet(f"{full.name}[{n_per_kind}/kind,seed={seed}]", records)
+
+
+@register_measurement
+class Alignment(Measurement):
+    name = "alignment"
+    title = "Alignment of each target"
+    order = 10
+    defaults = {"prompt_set": "organisms", "n_per_kind": 200, "judge": "organism",
+                "max_new_tokens": 80, "batch_size": 32}
+
+    def run(self, cell: Cell, context: RunContext) -> CellResult:
+        from alignparadox.targets import GenerationConfig, shared_target
+
+        settings = cell.settings
+        target = shared_target(cell.target)
+        prompts = evaluation_prompts(settings["prompt_set"], settings["n_per_kind"], cell.seed)
+        answers = target.generate(
+            prompts.texts,
+            GenerationConfig(max_new_tokens=settings["max_new_tokens"],
+                             batch_size=settings["batch_size"]),
+            progress=True)
+        judged = scoring.judge_answers(make_judge(settings["judge"]), prompts.records, answers)
+        results = {
+            "alignment_steps": organism_strength(cell.target),
+            "refusal": scoring.refusal_rate(judged).as_dict(),
+            "harmless_answered": scoring.answer_rate(judged).as_dict(),
+            "partisan": scoring.partisan_rate(judged).as_dict(),
+            "coherent": scoring.coherence_rate(judged).as_dict(),
+            "samples": [j.sample() for j in judged[:: max(1, len(judged) // SAMPLES_KEPT)]],
+        }
+        return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
+                          prompt_sets={prompts.name: prompts.sha256}, judge=settings["judge"])
+
+    def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
+        rows = sorted(rows, key=lambda r: (strength_of(r) is None, strength_of(r) or 0, r.target))
+        summary = table(
+            ["target", "alignment steps", "refusal (harmful)", "answered (harmless)",
+             "partisan (stance)", "coherent"],
+            [[r.target, strength_of(r), r.results["refusal"], r.results["harmless_answered"],
+              r.results["partisan"], r.results["coherent"]] for r in rows],
+            caption="Greedy answers on held-out requests; 95% Wilson intervals and counts.")
+        samples = table(
+            ["target", "request", "answer", "judge"],
+            [[r.target, s["request"], redact(s["answer"], s["harmful"], options.show_completions),
+              s["label"]] for r in rows for s in r.results["samples"][:4]],
+            caption="Sample answers (harmful completions redacted unless --show-completions).")
+        return Section(self.title, summary + _refusal_plot(rows) + samples)
+
+
+def _refusal_plot(rows: list[CellRecord]) -> Markup:
+    points = [(strength_of(r), r.results) for r in rows if strength_of(r) is not None]
+    if len(points) < 2:
+        return Markup("")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6))
+    axes = fig.add_subplot()
+    for key, label in [("refusal", "refusal of harmful requests"),
+                       ("harmless_answered", "harmless requests answered"),
+                       ("partisan", "partisan stance answers")]:
+        xs = [x for x, _ in points]
+        values = [res[key]["rate"] for _, res in points]
+        # max(0, .): a Wilson bound equals the rate at 0 or 1 up to rounding.
+        lows = [max(0.0, res[key]["rate"] - res[key]["low"]) for _, res in points]
+        highs = [max(0.0, res[key]["high"] - res[key]["rate"]) for _, res in points]
+        errors = [lows, highs]
+        axes.errorbar(xs, values, yerr=errors, marker="o", capsize=3, label=label)
+    axes.set_xlabel("alignment strength (refusal fine-tuning steps)")
+    axes.set_ylabel("rate")
+    axes.set_ylim(-0.05, 1.05)
+    axes.legend(fontsize=8)
+    return figure(fig, "refusal versus alignment strength",
+                  caption="Rates against alignment strength, with 95% Wilson intervals.")
