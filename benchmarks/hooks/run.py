@@ -46,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 VENVS = HERE.parent / ".venvs"
 CAPTURE_TARGET = 1.05  # at most this many times a plain forward pass
 STEERING_TARGET = 0.95  # at least this share of unsteered tokens/s
-console = Console()
+# Wide enough for the tables when the output is a file or a pipe (rich assumes 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Workload:
 
 
 FULL = Workload(capture_batch=4, capture_tokens=64, prompt_batch=2, prompt_tokens=16,
-                new_tokens=32, repeats=9, warmup=2)
+                new_tokens=32, repeats=11, warmup=2)
 QUICK = Workload(capture_batch=2, capture_tokens=32, prompt_batch=1, prompt_tokens=16,
                  new_tokens=16, repeats=5, warmup=1)
 
@@ -219,29 +220,25 @@ def _x(value: float) -> str:
 
 
 def capture_table(results: dict, work: Workload) -> Table:
-    table = Table(title=f"Capture the residual stream at every layer (batch {work.capture_batch} "
-                        f"x {work.capture_tokens} tokens, all positions): time / plain forward")
+    table = Table(title=f"Capture the residual stream at every layer, all positions (batch "
+                        f"{work.capture_batch} x {work.capture_tokens} tokens): time / plain "
+                        "HF forward")
     for column in ("model", "plain forward ms", "alignparadox capture", "nnsight trace",
-                   "TransformerLens run_with_cache"):
+                   "TransformerLens run_with_cache", "TL bridge forward, no cache"):
         table.add_column(column, justify="left" if column == "model" else "right", overflow="fold")
     for model, by_tool in results.items():
-        cells: list[str] = []
-        ours = by_tool.get("alignparadox")
-        plain_ms = ("" if not isinstance(ours, dict)
+        ours = by_tool["alignparadox"]
+        plain_ms = ("" if isinstance(ours, Unavailable)
                     else f"{1000 * statistics.median(ours['seconds']['plain']):.1f}")
-        for tool, run in (("alignparadox", "ours"), ("nnsight", "nnsight"),
-                          ("TransformerLens", "run_with_cache")):
-            result = by_tool.get(tool)
+        cells: list[str] = []
+        for tool, runs in (("alignparadox", ["ours"]), ("nnsight", ["nnsight"]),
+                           ("TransformerLens", ["run_with_cache", "bridge forward"])):
+            result = by_tool[tool]
             if isinstance(result, Unavailable):
-                cells.append(f"cannot run: {result}")
+                cells += ["cannot run (below)"] + [""] * (len(runs) - 1)
                 continue
             seconds = result["seconds"]
-            cell = _x(paired_ratio(seconds[run], seconds["plain"]))
-            if tool == "TransformerLens":
-                cell += (f" ({_x(paired_ratio(seconds[run], seconds['bridge forward']))} of its "
-                         f"own eager bridge forward, which is "
-                         f"{_x(paired_ratio(seconds['bridge forward'], seconds['plain']))})")
-            cells.append(cell)
+            cells += [_x(paired_ratio(seconds[run], seconds["plain"])) for run in runs]
         table.add_row(model, plain_ms, *cells)
     return table
 
@@ -256,20 +253,20 @@ def generation_table(results: dict, work: Workload) -> Table:
                          overflow="fold")
     tokens = work.prompt_batch * work.new_tokens
     for model, by_tool in results.items():
-        ours = by_tool.get("alignparadox")
-        ours_rate = (tokens / statistics.median(ours["seconds"]["ours"])
-                     if isinstance(ours, dict) else None)
+        ours = by_tool["alignparadox"]
+        ours_rate = (None if isinstance(ours, Unavailable)
+                     else tokens / statistics.median(ours["seconds"]["ours"]))
         for tool in ("alignparadox", "steering-vectors", "repeng"):
-            result = by_tool.get(tool)
+            result = by_tool[tool]
             if isinstance(result, Unavailable):
-                table.add_row(model, tool, "", "", "", f"cannot run: {result}", "")
+                table.add_row(model, tool, "", "", "", "cannot run (below)", "")
                 continue
             seconds = result["seconds"]
             runs = ["ours", "ours (generated tokens only)"] if tool == "alignparadox" else [tool]
             for run in runs:
                 rate = tokens / statistics.median(seconds[run])
                 versus = _x(rate / ours_rate) if ours_rate else ""
-                label = tool if run in ("ours", tool) else f"{tool}, generated tokens only"
+                label = tool if run in ("ours", tool) else f"{tool} (generated tokens only)"
                 table.add_row(model, label, result["transformers"],
                               f"{tokens / statistics.median(seconds['unsteered']):.1f}",
                               f"{rate:.1f}", _x(paired_ratio(seconds["unsteered"], seconds[run])),
@@ -280,15 +277,15 @@ def generation_table(results: dict, work: Workload) -> Table:
 def verdicts(capture: dict, generation: dict) -> list[str]:
     lines = []
     for model, by_tool in capture.items():
-        ours = by_tool.get("alignparadox")
-        if isinstance(ours, dict):
+        ours = by_tool["alignparadox"]
+        if not isinstance(ours, Unavailable):
             ratio = paired_ratio(ours["seconds"]["ours"], ours["seconds"]["plain"])
             verdict = "meets" if ratio <= CAPTURE_TARGET else "MISSES"
             lines.append(f"{model}: capture costs {_x(ratio)} a plain forward pass — {verdict} "
                          f"the <= {CAPTURE_TARGET}x target")
     for model, by_tool in generation.items():
-        ours = by_tool.get("alignparadox")
-        if isinstance(ours, dict):
+        ours = by_tool["alignparadox"]
+        if not isinstance(ours, Unavailable):
             ratio = paired_ratio(ours["seconds"]["unsteered"], ours["seconds"]["ours"])
             verdict = "meets" if ratio >= STEERING_TARGET else "MISSES"
             lines.append(f"{model}: steered generation runs at {_x(ratio)} the unsteered tokens/s "
@@ -342,12 +339,18 @@ def main() -> None:
                 progress.advance(step)
 
     console.print(f"CPU, 1 thread in every process (torch.set_num_threads(1), OMP_NUM_THREADS=1); "
-                  f"median of {work.repeats} interleaved rounds after {work.warmup} warm-up; "
-                  "ratios are medians of per-round ratios against each tool's own plain-model "
-                  "run in the same process; 'steered / ours steered' compares separate processes "
-                  "(and, for steering-vectors, another transformers version).")
+                  f"{work.repeats} interleaved rounds (A B, B A, ...) after {work.warmup} warm-up "
+                  "calls, each sample >= 0.25 s of repeated calls; a ratio is the median of the "
+                  "per-round ratios against the plain model timed in the same process. 'steered / "
+                  "ours steered' compares separate processes (and, for steering-vectors, another "
+                  "transformers version), so it is only indicative.")
     console.print(capture_table(results["capture"], work))
     console.print(generation_table(results["generate"], work))
+    for task, by_model in results.items():
+        for model, by_tool in by_model.items():
+            for tool, result in by_tool.items():
+                if isinstance(result, Unavailable):
+                    console.print(f"{tool} {task} on {model} cannot run: {result}")
     for line in verdicts(results["capture"], results["generate"]):
         console.print(line)
 

@@ -7,6 +7,7 @@ standard library and torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -32,18 +33,30 @@ def inputs(spec: dict, key: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def interleaved(
-    runs: dict[str, Callable[[], object]], repeats: int, warmup: int
+    runs: dict[str, Callable[[], object]], repeats: int, warmup: int, min_sample: float = 0.25
 ) -> dict[str, list[float]]:
-    """Seconds per call of each run, in rounds A B C, A B C, ... so that drift hits all alike."""
+    """Seconds per call of each run, in rounds A B C, C B A, A B C, ... so that drift and
+    order effects hit all runs alike.
+
+    A sample repeats a call until it lasts about `min_sample` seconds (calibrated on one call
+    of the first run, after warm-up), so that millisecond calls on tiny models are not at the
+    mercy of one scheduler tick; every sample of every run makes the same number of calls.
+    """
     for _ in range(warmup):
         for run in runs.values():
             run()
+    baseline = next(iter(runs.values()))
+    start = time.perf_counter()
+    baseline()
+    calls = max(1, math.ceil(min_sample / (time.perf_counter() - start)))
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
+    for round_ in range(repeats):
+        order = list(runs.items())
+        for name, run in order[::-1] if round_ % 2 else order:
             start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                run()
+            seconds[name].append((time.perf_counter() - start) / calls)
     return seconds
 
 

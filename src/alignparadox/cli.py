@@ -51,27 +51,19 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes become one sentence on stderr and exit code 2."""
+    """Entry point: user mistakes become one sentence on stderr and exit code 2.
+
+    Click's standalone mode handles usage errors (exit 2), --help and Ctrl-C itself; a
+    UserError raised anywhere below is the one exception turned into a sentence here.
+    """
     try:
-        code = app(args=argv, standalone_mode=False)
-        if isinstance(code, int) and code != 0:
-            sys.exit(code)
+        app(args=argv, prog_name="paradox")
+    except SystemExit as done:
+        if done.code not in (0, None):
+            raise
     except UserError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
-        Console(stderr=True).print("aborted.")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; finished results are kept.")
-        sys.exit(130)
-    except Exception as error:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(2 if isinstance(error, click.exceptions.UsageError) else error.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ from rich.console import Console
 # small enough for two CPU cores. A measurement that is not installed is skipped.
 DEMO_SETTINGS: dict[str, dict] = {
     "alignment": {"n_per_kind": 200},
+    "geometry": {},
+    "model_tinkering": {"n_per_kind": 48},
+    "templates": {"n_requests": 16, "n_templates": 8},
+    "best_of_n": {"n_requests": 16, "n": 64},
+    "pair": {"n_requests": 8, "streams": 2, "rounds": 3},
+    "gcg": {"n_requests": 4, "num_steps": 20, "search_width": 64},
+    "output_tinkering": {"sizes": [8, 32, 128], "n_eval": 16, "steps": 100},
 }
 
 

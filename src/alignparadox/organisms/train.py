@@ -38,7 +38,7 @@ class OrganismConfig:
     batch_size: int = 32
     base_steps: int = 300
     base_learning_rate: float = 3e-3
-    align_learning_rate: float = 1.5e-4
+    align_learning_rate: float = 2e-5
     align_max_steps: int = 250
     # A member is saved when the refusal rate on the validation split first reaches its level;
     # its alignment strength is the number of refusal fine-tuning steps it received.
