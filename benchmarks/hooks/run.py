@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,12 +111,11 @@ def _tail(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def _pip(python: Path, *args: str) -> None:
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *args],
-                          capture_output=True, text=True)
+def _pip_install(python: Path, packages: Sequence[str], constraints: Path) -> None:
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(constraints),
+                           *packages], capture_output=True, text=True)
     if done.returncode != 0:
-        raise Unavailable(f"pip install {' '.join(a for a in args if not a.startswith('-'))} "
-                          f"failed: {_tail(done.stderr)}")
+        raise Unavailable(f"pip install {' '.join(packages)} failed: {_tail(done.stderr)}")
 
 
 def ensure_venv(venv: Venv) -> Path:
@@ -141,8 +141,9 @@ def ensure_venv(venv: Venv) -> Path:
     constraints = folder / "constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")
     if not venv.shared:
-        _pip(python, pins[0])  # the local CPU wheel first, before any peer can pull torch in
-    _pip(python, "-c", str(constraints), *venv.packages)
+        # The local CPU wheel first, before any peer can pull torch in.
+        _pip_install(python, ["torch"], constraints)
+    _pip_install(python, venv.packages, constraints)
     marker.write_text(recipe)
     return python
 
@@ -266,12 +267,25 @@ def generation_table(results: dict, work: Workload) -> Table:
             for run in runs:
                 rate = tokens / statistics.median(seconds[run])
                 versus = _x(rate / ours_rate) if ours_rate else ""
-                label = tool if run in ("ours", tool) else f"{tool} (generated tokens only)"
+                label = tool if run in ("ours", tool) else f"{tool} (generated only)"
                 table.add_row(model, label, result["transformers"],
                               f"{tokens / statistics.median(seconds['unsteered']):.1f}",
                               f"{rate:.1f}", _x(paired_ratio(seconds["unsteered"], seconds[run])),
                               versus)
     return table
+
+
+def versions(results: dict) -> str:
+    """Library versions and thread count each driver reported, once per tool."""
+    seen: dict[str, str] = {}
+    for by_model in results.values():
+        for by_tool in by_model.values():
+            for tool, result in by_tool.items():
+                if isinstance(result, dict) and tool not in seen:
+                    libraries = ", ".join(f"{name} {value}" for name, value in result.items()
+                                          if name not in ("seconds", "threads", "omp_threads"))
+                    seen[tool] = f"{tool}: {libraries}, {result['threads']} thread"
+    return "Versions — " + "; ".join(seen.values())
 
 
 def verdicts(capture: dict, generation: dict) -> list[str]:
@@ -344,13 +358,17 @@ def main() -> None:
                   "per-round ratios against the plain model timed in the same process. 'steered / "
                   "ours steered' compares separate processes (and, for steering-vectors, another "
                   "transformers version), so it is only indicative.")
+    console.print(versions(results))
     console.print(capture_table(results["capture"], work))
     console.print(generation_table(results["generate"], work))
+    failures: dict[tuple[str, str], list[str]] = {}
     for task, by_model in results.items():
         for model, by_tool in by_model.items():
             for tool, result in by_tool.items():
                 if isinstance(result, Unavailable):
-                    console.print(f"{tool} {task} on {model} cannot run: {result}")
+                    failures.setdefault((model, str(result)), []).append(f"{tool} {task}")
+    for (model, reason), runs in failures.items():
+        console.print(f"cannot run {', '.join(runs)} on {model}: {reason}")
     for line in verdicts(results["capture"], results["generate"]):
         console.print(line)
 

@@ -16,6 +16,7 @@ from rich.console import Console
 # small enough for two CPU cores. A measurement that is not installed is skipped.
 DEMO_SETTINGS: dict[str, dict] = {
     "alignment": {"n_per_kind": 200},
+    "judge_agreement": {},
     "geometry": {},
     "model_tinkering": {"n_per_kind": 48},
     "templates": {"n_requests": 16, "n_templates": 8},
