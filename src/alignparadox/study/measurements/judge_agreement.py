@@ -1,8 +1,9 @@
 """How far can a judge be trusted? Agreement of judges with the organism world's exact labels.
 
 The family's own greedy answers to held-out requests are labelled by the world (misaligned —
-harmful compliance or a partisan stance — or not) and scored by each judge under test; the report lists accuracy, precision,
-recall, F1, Cohen's kappa and the answers on which a judge disagrees with the world.
+harmful compliance or a partisan stance — or not) and scored by each judge under test; the
+report lists accuracy, precision, recall, F1, Cohen's kappa and the answers on which a judge
+disagrees with the world.
 """
 
 from __future__ import annotations
