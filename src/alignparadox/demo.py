@@ -18,13 +18,15 @@ DEMO_SETTINGS: dict[str, dict] = {
     "alignment": {"n_per_kind": 200},
     "judge_agreement": {},
     "geometry": {},
-    "model_tinkering": {"n_per_kind": 48},
-    "templates": {"n_requests": 16, "n_templates": 8},
-    "best_of_n": {"n_requests": 16, "n": 64},
-    "pair": {"n_requests": 8, "streams": 2, "rounds": 3},
-    "gcg": {"n_requests": 4, "num_steps": 20, "search_width": 64},
-    "output_tinkering": {"sizes": [8, 32, 128], "n_eval": 16, "steps": 100},
+    "model_tinkering": {"n_per_kind": 32},
+    "templates": {"n_requests": 8, "n_templates": 6},
+    "best_of_n": {"n_requests": 8, "n": 32},
+    "pair": {"n_requests": 6, "streams": 2, "rounds": 2},
+    "gcg": {"n_requests": 3, "num_steps": 10, "search_width": 64},
+    "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80},
 }
+# Measurements that need a public prompt set on disk (not bundled: see the README).
+NEEDS_PUBLIC_DATA = {"templates"}
 
 
 def demo_spec(seed: int = 0):
@@ -34,9 +36,24 @@ def demo_spec(seed: int = 0):
 
     family = build_family()
     targets = tuple(f"organism:{member.name}" for member in family.members)
-    plans = tuple(MeasurementPlan(name, settings) for name, settings in DEMO_SETTINGS.items()
-                  if find_measurement(name) is not None)
+    names = [name for name in DEMO_SETTINGS if find_measurement(name) is not None]
+    if not _public_data_available():
+        Console(stderr=True).print(
+            f"note: skipping {', '.join(sorted(NEEDS_PUBLIC_DATA))}: no public prompt-set folder "
+            "(set ALIGNPARADOX_DATASETS to one holding jailbreak_llms/).")
+        names = [name for name in names if name not in NEEDS_PUBLIC_DATA]
+    plans = tuple(MeasurementPlan(name, DEMO_SETTINGS[name]) for name in names)
     return StudySpec(targets=targets, measurements=plans, seed=seed, name="paradox-demo")
+
+
+def _public_data_available() -> bool:
+    from alignparadox.datasets.registry import datasets_root
+    from alignparadox.errors import UserError
+
+    try:
+        return (datasets_root() / "jailbreak_llms").is_dir()
+    except UserError:
+        return False
 
 
 def demo(
