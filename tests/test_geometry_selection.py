@@ -65,13 +65,13 @@ def test_selection_scores_every_candidate_and_picks_the_lowest_bypass(llama, can
                                  kl_threshold=math.inf, induce_threshold=-math.inf,
                                  progress=False)
     assert len(selection.scores) == len(candidates)
-    pruned = [s for s in selection.scores if s.layer >= 2]  # int(3 * 0.8) = 2: the last fifth
-    assert pruned and all(s.dropped == "in the last layers" and math.isnan(s.bypass)
-                          for s in pruned)
+    # 3 blocks: the last fifth is layer >= 3 * 0.8 = 2.4, so layer 3 is pruned and layer 2 is not.
+    pruned = [s for s in selection.scores if s.dropped == "in the last layers"]
+    assert {s.layer for s in pruned} == {3} and all(math.isnan(s.bypass) for s in pruned)
     # Layer 0 holds the embeddings of the same template tokens in both groups: zero difference.
     assert all(s.dropped == "zero vector" for s in selection.scores if s.layer == 0)
     kept = [s for s in selection.scores if s.dropped is None]
-    assert {(s.layer, s.position) for s in kept} == {(1, -2), (1, -1)}
+    assert {(s.layer, s.position) for s in kept} == {(1, -2), (1, -1), (2, -2), (2, -1)}
     best = selection.best
     assert best.bypass == min(s.bypass for s in kept)
     vector = candidates[(best.layer, best.position)]
@@ -86,6 +86,20 @@ def test_selection_scores_every_candidate_and_picks_the_lowest_bypass(llama, can
     assert all(s.kl >= -1e-6 for s in kept) and any(s.kl > 1e-6 for s in kept)
     baseline = score(next_token_logits(model, tokenizer, GROUP_A[4:])).mean().item()
     assert selection.baseline_harmful == pytest.approx(baseline, abs=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prune_fraction, first_pruned", [(1 / 3, 2), (0.6, 2), (0.7, 1)])
+def test_pruning_starts_at_the_first_layer_at_or_past_the_boundary(llama, candidates,
+                                                                    prune_fraction, first_pruned):
+    # 3 blocks, boundary 3·(1 - fraction): exactly 2.0 (layer 2 pruned), 1.2 (layer 1 kept), 0.9.
+    model, tokenizer = llama
+    selection = select_direction(model, tokenizer, candidates, GROUP_A[4:], GROUP_B[4:],
+                                 refusal_log_odds([5]), kl_threshold=math.inf,
+                                 induce_threshold=-math.inf, prune_fraction=prune_fraction,
+                                 progress=False)
+    for s in selection.scores:
+        assert (s.dropped == "in the last layers") == (s.layer >= first_pruned), s
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from alignparadox.errors import UserError
 from alignparadox.hooks import (
+    Writer,
     ablate,
     add_vectors,
     capture,
@@ -274,3 +275,28 @@ def test_layout_discovery_generalises_beyond_the_supported_list(other):
     else:
         edited = orthogonalize(copy.deepcopy(model), direction)
         assert (edited(input_ids=input_ids).logits - logits).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_a_mean_centring_post_norm_is_ablated_by_hooks_and_refused_by_orthogonalize(model_dirs):
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["gemma2"]).eval()
+    assert residual_layout(model).writers is not None  # Gemma 2's RMS post-norms are editable
+    d_model = residual_layout(model).d_model
+    model.model.layers[-1].post_feedforward_layernorm = torch.nn.LayerNorm(d_model)
+    layout = residual_layout(model)
+    assert layout.writers is None
+    direction = random_unit(d_model)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with pytest.raises(UserError, match="orthogonalization"):
+        orthogonalize(model, direction)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    # Hooks still ablate, by projecting the stream at every layer.
+    input_ids = torch.randint(10, 200, (2, 6), generator=torch.Generator().manual_seed(0))
+    layers = range(layout.n_layers + 1)
+    with ablate(model, direction), capture(model, layers) as ablated:
+        model(input_ids=input_ids)
+    assert all(((ablated[i] @ direction).abs() / ablated[i].norm(dim=-1)).max() <= 1e-4
+               for i in layers)
+    with pytest.raises(UserError, match="mean-centring"):
+        Writer(model.model.layers[-1].mlp.down_proj,
+               model.model.layers[-1].post_feedforward_layernorm).removal_direction(direction)

@@ -55,6 +55,27 @@ def test_addition_adds_alpha_times_mean_norm_along_the_direction(target):
     assert torch.allclose(unchanged, logits(target), atol=1e-6)
 
 
+def test_addition_at_another_layer_is_scaled_by_the_norm_there(target):
+    direction = direction_for(target)  # layer 2, mean norm 3
+    by_layer = Direction(direction.vector, "diff_in_means", 2, (-1,), target.weight_hash,
+                         metadata={"mean_norm": 3.0, "mean_norm_by_layer": {"1": 5.0, "2": 3.0}})
+    attack = ActivationAddition(by_layer, alpha=-0.5, layer=1)
+    assert attack.coefficient == pytest.approx(-2.5)
+    batch = target.encode(PROMPTS)
+    with torch.no_grad(), capture(target.model, [1]) as plain:
+        target.model(**batch)
+        before = plain[1].clone()
+    with torch.no_grad(), attack.applied(target), capture(target.model, [1]) as steered:
+        target.model(**batch)
+        after = steered[1].clone()
+    assert torch.allclose(after - before, -2.5 * direction.vector.expand_as(before), atol=1e-5)
+    # Layer 3's norm is not recorded, nor any layer but its own for `direction`: no scale.
+    for unscaled in (ActivationAddition(by_layer, alpha=1.0, layer=3),
+                     ActivationAddition(direction, alpha=1.0, layer=1)):
+        with pytest.raises(UserError, match="no scale"), unscaled.applied(target):
+            pass
+
+
 def test_orthogonalized_copy_matches_ablation_and_leaves_the_original(target):
     direction = direction_for(target, seed=1)
     original = logits(target)

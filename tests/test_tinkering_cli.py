@@ -64,6 +64,7 @@ def test_steer_and_export_work(model_dir, weight_hash, tmp_path, capsys):
 @pytest.mark.parametrize("case, message", [
     ("layer", "out of range"), ("width", "width"), ("other_model", "made on model"),
     ("nan", "finite"), ("inf", "finite"), ("empty", "empty"),
+    ("layer_without_norm", "no scale"), ("layer_with_ablate", "--alpha only"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(model_dir, weight_hash, tmp_path, capsys,
                                               case, message):
@@ -71,6 +72,10 @@ def test_bad_input_is_one_sentence_and_exit_2(model_dir, weight_hash, tmp_path, 
     argv = ["steer", str(model_dir), "hello", "--direction", good, "--alpha", "1"]
     if case == "layer":
         argv += ["--layer", "99"]
+    elif case == "layer_without_norm":  # the saved direction records its norm at layer 1 only
+        argv += ["--layer", "2"]
+    elif case == "layer_with_ablate":
+        argv[5:7] = ["--ablate", "--layer", "2"]
     elif case == "width":
         argv[4] = save(tmp_path, "narrow", width=32, model_hash=weight_hash)
     elif case == "other_model":
@@ -83,6 +88,7 @@ def test_bad_input_is_one_sentence_and_exit_2(model_dir, weight_hash, tmp_path, 
         argv = ["steer", str(model_dir), "--direction", good, "--alpha", "1",
                 "--prompts-file", str(empty)]
     code, out = run(argv, capsys)
+    out = " ".join(out.split())  # the console wraps long lines
     assert code == 2
     assert message in out and "Traceback" not in out
 
@@ -95,6 +101,11 @@ def test_directions_fit_and_geometry_on_an_organism(organism_family, tmp_path, c
     stance = Direction.load(tmp_path / "dirs" / "stance")
     assert refusal.metadata["behaviour"] == "refusal" and stance.metadata["misaligned_sign"] == 1
     assert refusal.model_hash == organism_family.member("aligned-5").weight_hash
+    # The mean norm is recorded at every layer 0..4, so steering may move to another layer.
+    by_layer = refusal.metadata["mean_norm_by_layer"]
+    assert sorted(by_layer) == ["0", "1", "2", "3", "4"]
+    assert by_layer[str(refusal.layer)] == refusal.metadata["mean_norm"]
+    assert len(set(by_layer.values())) == 5
     plot = tmp_path / "geometry.png"
     code, out = run(["geometry", "organism:aligned-5", "--direction",
                      str(tmp_path / "dirs" / "refusal.json"), "--n", "12", "--plot", str(plot)],
@@ -103,3 +114,15 @@ def test_directions_fit_and_geometry_on_an_organism(organism_family, tmp_path, c
     assert plot.stat().st_size > 1000 and "AUROC" in out
     code, out = run(["geometry", "organism:aligned-5", "--n", "2"], capsys)
     assert code == 2 and "at least 4" in out
+
+
+@pytest.mark.parametrize("layer", [0, 4])
+def test_geometry_refuses_a_direction_outside_layers_1_to_L(model_dir, weight_hash, tmp_path,
+                                                            capsys, layer):
+    # The random model has 3 blocks: its states are compared at layers 1..3.
+    direction = save(tmp_path, "direction", layer=layer, model_hash=weight_hash)
+    code, out = run(["geometry", str(model_dir), "--direction", direction, "--n", "4", "--plot",
+                     str(tmp_path / "geometry.png")], capsys)
+    out = " ".join(out.split())  # the console wraps long lines
+    assert code == 2 and f"at layer {layer}" in out and "layers 1..3" in out, out
+    assert "Traceback" not in out and not (tmp_path / "geometry.png").exists()

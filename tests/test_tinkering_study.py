@@ -4,6 +4,8 @@ steering, with coherent harmful answers."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -65,7 +67,15 @@ def test_report_has_both_sections_with_figures(run_dir):
     html = write_report(run_dir).read_text()
     for title in ("Geometry: separability of aligned and misaligned states",
                   "Model tinkering: steering, ablation and orthogonalization",
-                  "Figure 1B-style projection", "attack success versus steering coefficient",
-                  "rank correlation"):
+                  "attack success versus steering coefficient"):
         assert title in html
     assert html.count("data:image/png;base64") >= 4
+    # Figure 1B draws the weakest and the strongest aligned organism side by side.
+    assert ('alt="Figure 1B-style projection, request definition: organism:aligned-1 and '
+            'organism:aligned-5"') in html
+    # Two targets are too few for a rank correlation: every cell of the 5 misalignability and
+    # 3 separability rows says so, against steps and against measured refusal, and none shows rho
+    # (behaviour separability has n=1 when the weak organism refused too little to measure it).
+    ours = html[html.index('<section id="geometry">'):]
+    assert len(re.findall(r"n=[12]: too few targets", ours)) == 2 * (5 + 3)
+    assert not re.search(r"\(n=\d+\)", ours)

@@ -22,12 +22,15 @@ import torch
 
 from alignparadox.attacks.model_tinkering.measurement import (
     DIRECTION_DEFAULTS,
+    ModelTinkering,
     alignment_strengths,
     correlation_rows,
     direction_summary,
     fitted_directions,
 )
 from alignparadox.attacks.model_tinkering.recipes import sample
+from alignparadox.errors import UserError
+from alignparadox.geometry.directions import Direction
 from alignparadox.geometry.separability import projection_2d, separability_by_layer
 from alignparadox.hooks import collect_activations, residual_layout
 from alignparadox.judges import scoring
@@ -46,6 +49,19 @@ from alignparadox.study.measurements.alignment import organism_strength
 from alignparadox.study.store import CellRecord
 
 MIN_GROUP = 4  # separability holds out 30% of each group: fewer leaves nothing to test on
+
+
+def state_layers(n_layers: int, direction: Direction) -> range:
+    """Layers 1..L whose states are compared; refuses a direction at any other layer.
+
+    Layer 0 is left out: at a chat-template position it is the same token embedding for every
+    prompt, so it separates nothing and has no difference in means.
+    """
+    if not 1 <= direction.layer <= n_layers:
+        raise UserError(f"the direction is at layer {direction.layer}, but separability is "
+                        f"measured at layers 1..{n_layers} (layer 0, the embeddings, is the same "
+                        "for every prompt at a chat-template position)")
+    return range(1, n_layers + 1)
 
 
 def layer_table(aligned: dict[int, torch.Tensor], misaligned: dict[int, torch.Tensor],
@@ -106,8 +122,7 @@ class Geometry(Measurement):
                          harmful=True, stance=False)
         harmless = sample(settings["prompt_set"], settings["n_per_kind"], cell.seed,
                           harmful=False, stance=False)
-        # Layer 0 at a chat-template position is the same token embedding for every prompt.
-        layers = range(1, residual_layout(target.model).n_layers + 1)
+        layers = state_layers(residual_layout(target.model).n_layers, direction)
 
         def states(records) -> dict[int, torch.Tensor]:
             prompts = [target.format_chat(r.prompt) for r in records]
@@ -184,8 +199,9 @@ class Geometry(Measurement):
             }),
             caption="The paradox's first claim: does separability grow with alignment? "
                     "Spearman rho with a bootstrap 95% interval across targets.")
-        return Section(self.title, intro + _figure_1b(rows, strengths, "request")
-                       + _figure_1b(rows, strengths, "behaviour") + summary
+        alphas = _fixed_alphas(options)
+        return Section(self.title, intro + _figure_1b(rows, strengths, alphas, "request")
+                       + _figure_1b(rows, strengths, alphas, "behaviour") + summary
                        + _layer_plot(rows) + per_layer + correlations)
 
 
@@ -200,7 +216,22 @@ def _auroc_at(row: CellRecord, definition: str) -> float | None:
                  if x["layer"] == layer), None)
 
 
-def _figure_1b(rows: list[CellRecord], strengths, definition: str) -> Markup:
+def _fixed_alphas(options: ReportOptions) -> dict[str, float]:
+    """target -> the fixed alpha of its `model_tinkering` cell, so the arrow is that attack."""
+    return {r.target: r.settings["fixed_alpha"]
+            for r in options.all_rows.get("model_tinkering", [])}
+
+
+def _steering_shift(results: dict[str, Any], alpha: float) -> float:
+    """Shift along the refusal direction of addition at `alpha` towards misalignment:
+    alpha · mean norm · the direction's misaligned sign (−1, the refusal recipe's, when older
+    results did not record it)."""
+    sign = results["direction"].get("misaligned_sign")
+    return alpha * (-1 if sign is None else sign) * results["mean_norm"]
+
+
+def _figure_1b(rows: list[CellRecord], strengths, alphas: dict[str, float],
+               definition: str) -> Markup:
     drawn = [r for r in rows if r.results[definition]["projection"]]
     aligned = [r for r in drawn if 0 < _steps(strengths, r) < math.inf] or drawn
     if not aligned:
@@ -211,6 +242,7 @@ def _figure_1b(rows: list[CellRecord], strengths, definition: str) -> Markup:
              else ("refused", "complied (harmful)"))
     from matplotlib.figure import Figure
 
+    default_alpha = ModelTinkering.defaults["fixed_alpha"]
     fig = Figure(figsize=(4.6 * len(panels), 4))
     for index, row in enumerate(panels):
         axes = fig.add_subplot(1, len(panels), index + 1)
@@ -219,23 +251,26 @@ def _figure_1b(rows: list[CellRecord], strengths, definition: str) -> Markup:
                                   ("misaligned", names[1], "tab:red")):
             points = np.asarray(projection[key])
             axes.scatter(points[:, 0], points[:, 1], s=12, alpha=0.6, c=colour, label=name)
-        # The attack's steering vector at alpha = 1: -1 x mean norm along the direction (x).
+        # The attack's steering vector lies along the direction, which is the x axis.
+        alpha = alphas.get(row.target, default_alpha)
         start = np.asarray(projection["aligned"]).mean(0)
-        shift = -row.results["mean_norm"]
-        end = (start[0] + shift, start[1])
+        end = (start[0] + _steering_shift(row.results, alpha), start[1])
         axes.annotate("", xy=end, xytext=tuple(start),
                       arrowprops={"arrowstyle": "->", "lw": 2, "color": "black"})
         axes.update_datalim([tuple(start), end])  # keep the whole arrow in view
         axes.autoscale_view()
-        axes.set_title(f"{row.target} (steps {_steps(strengths, row):g})", fontsize=9)
+        axes.set_title(f"{row.target} (steps {_steps(strengths, row):g}, arrow: "
+                       f"alpha = {alpha:g})", fontsize=9)
         axes.set_xlabel("projection on refusal direction")
         axes.set_ylabel("top orthogonal PC")
         axes.legend(fontsize=7)
-    return figure(fig, f"Figure 1B-style projection, {definition} definition",
+    drawn_names = " and ".join(row.target for row in panels)
+    return figure(fig, f"Figure 1B-style projection, {definition} definition: {drawn_names}",
                   caption=f"Figure 1B-style projection ({definition} definition: {names[0]} vs "
-                          f"{names[1]}) for the weakest and strongest aligned organism, at the "
-                          "refusal direction's layer; the arrow is the steering vector of "
-                          "addition at alpha = 1 (towards compliance).")
+                          f"{names[1]}) for the weakest and strongest aligned organism "
+                          f"({drawn_names}), at the refusal direction's layer; the arrow is the "
+                          "steering vector of addition towards compliance at the "
+                          "model_tinkering measurement's fixed alpha.")
 
 
 def _layer_plot(rows: list[CellRecord]) -> Markup:

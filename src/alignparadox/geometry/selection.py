@@ -5,8 +5,9 @@ difference-in-means vector r. On validation prompts score
   bypass = mean refusal score on harmful prompts with r̂ ablated everywhere (lower is better),
   induce = mean refusal score on harmless prompts with r added at its layer,
   kl     = mean KL(next-token distribution || same under ablation) on harmless prompts;
-drop candidates in the last fifth of the layers, with kl above a threshold, or that do not induce
-refusal, and pick the lowest bypass.
+drop candidates in the last fifth of the layers (layer >= (1 - prune_fraction)·L for a model of
+L blocks, where layer l is the stream after l blocks), with kl above a threshold, or that do not
+induce refusal, and pick the lowest bypass.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def select_direction(
         raise UserError("no candidate directions were given")
     if not harmful or not harmless:
         raise UserError("the prompt set is empty")
-    n_layers = residual_layout(model).n_layers
-    first_pruned = int(n_layers * (1.0 - prune_fraction))
+    # Layer l is the stream after l of the L blocks: it is in the last fifth when l >= 0.8·L.
+    # Compared as a float, since truncating 0.8·L would also prune the layer just below it.
+    prune_from = residual_layout(model).n_layers * (1.0 - prune_fraction)
 
     def logits(prompts: Sequence[str]) -> torch.Tensor:
         return next_token_logits(model, tokenizer, prompts, batch_size=batch_size)
@@ -116,7 +118,7 @@ def select_direction(
     for (layer, position), vector in track(list(candidates.items()), disable=not progress,
                                            description="candidate directions", transient=True):
         # Identical tokens (e.g. the chat template's tail at layer 0) give a zero difference.
-        skip = ("in the last layers" if layer >= first_pruned
+        skip = ("in the last layers" if layer >= prune_from
                 else "zero vector" if not vector.norm() > 0 else None)
         if skip:
             scores.append(CandidateScore(layer, position, math.nan, math.nan, math.nan, skip))

@@ -130,7 +130,8 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_layer(layout: ResidualLayout, layer: int) -> int:
+def check_layer(layout: ResidualLayout, layer: int) -> int:
+    """`layer` as an int, or a UserError when it is not a layer of this model's stream."""
     if not _is_int(layer) or not 0 <= layer <= layout.n_layers:
         raise UserError(f"layer {layer!r} is out of range: this model's residual stream has "
                         f"layers 0..{layout.n_layers} (0 = embeddings, {layout.n_layers} = last "
@@ -177,7 +178,7 @@ class _Recorder:
     def __init__(self, model: nn.Module, layers: Iterable[int], positions: Positions | None,
                  stack: ExitStack, *, stop_early: bool = False) -> None:
         self.layout = residual_layout(model)
-        self.layers = sorted({_check_layer(self.layout, layer) for layer in layers})
+        self.layers = sorted({check_layer(self.layout, layer) for layer in layers})
         if not self.layers:
             raise UserError("no layers were given to capture")
         self.positions = None if positions is None else _check_positions(positions)
@@ -236,7 +237,7 @@ def add_vectors(
         raise UserError(f"steering positions {positions!r} must be 'all', 'prompt', 'generated' "
                         "or a positive number of last prompt tokens")
     checked = {
-        _check_layer(layout, layer): _check_vector(layout, vector, f"vector for layer {layer}")
+        check_layer(layout, layer): _check_vector(layout, vector, f"vector for layer {layer}")
         for layer, vector in vectors.items()
     }
     with ExitStack() as stack:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from alignparadox.errors import UserError
+
 # Paths of the decoder layer list, relative to the causal LM (llama/qwen2/mistral/gemma2/phi3,
 # gpt2, gpt_neox, opt-style, mpt/falcon-style, bare).
 _LAYER_PATHS = (
@@ -39,18 +41,26 @@ class Writer:
 
     `norm` is set for post-norm ("sandwich") blocks such as Gemma 2, where the block adds
     `norm(linear(x))`: there an elementwise-scaled RMSNorm maps a write orthogonal to `s * d` onto
-    one orthogonal to `d`, so that is the direction to remove from the linear's output.
+    one orthogonal to `d`, so that is the direction to remove from the linear's output. A
+    mean-centring or biased post-norm has no such direction (`editable` is False).
     """
 
     linear: nn.Linear | Conv1D
     norm: nn.Module | None = None
 
+    @property
+    def editable(self) -> bool:
+        """Whether removing one direction from `linear`'s output removes `d` from the write."""
+        return self.norm is None or not (isinstance(self.norm, nn.LayerNorm)
+                                         or getattr(self.norm, "bias", None) is not None)
+
     def removal_direction(self, direction: torch.Tensor) -> torch.Tensor:
         """Unit vector to remove from `linear`'s output so the write has no `direction` part."""
         if self.norm is None:
             return direction
-        if getattr(self.norm, "bias", None) is not None:
-            raise NotImplementedError("a mean-centring post-norm cannot be made orthogonal to d")
+        if not self.editable:
+            raise UserError(f"a write through {type(self.norm).__name__} (a mean-centring or "
+                            "biased norm) cannot be made orthogonal to a direction")
         probe = torch.ones(direction.shape[-1], dtype=direction.dtype, device=direction.device)
         # An RMS-style norm of a constant vector returns its elementwise scale (up to one factor).
         with torch.no_grad():
@@ -146,7 +156,8 @@ def _writers(layers: nn.ModuleList) -> tuple[Writer, ...] | None:
         post_norm = getattr(block, "post_feedforward_layernorm", None) is not None
         writers.append(Writer(attention, block.post_attention_layernorm if post_norm else None))
         writers.append(Writer(mlp, block.post_feedforward_layernorm if post_norm else None))
-    return tuple(writers)
+    # One write that cannot be edited linearly makes the whole stream uneditable by weights.
+    return tuple(writers) if all(writer.editable for writer in writers) else None
 
 
 def _param_dtype(module: nn.Module) -> torch.dtype:

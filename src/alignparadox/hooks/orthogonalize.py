@@ -26,15 +26,19 @@ def orthogonalize(model: nn.Module, direction: torch.Tensor) -> nn.Module:
     """
     layout = residual_layout(model)
     if layout.writers is None:
-        raise UserError(f"weight orthogonalization does not know which weights of "
-                        f"{type(model).__name__} write into the residual stream")
+        raise UserError(f"weight orthogonalization cannot edit {type(model).__name__}: some "
+                        "of its writes into the residual stream were not found or pass through "
+                        "a norm that is not an elementwise-scaled RMS norm")
     unit = _unit(layout, direction)
+    # Every removal direction is computed before the first weight is edited, so that a failure
+    # cannot leave the model half-edited.
+    removals = [writer.removal_direction(unit.to(writer.linear.weight.device)).float()
+                for writer in layout.writers]
     _untie_output_embeddings(model, layout.embeddings[0])
     for embedding in layout.embeddings:  # rows are vectors in the stream
         _remove_from_rows(embedding.weight, unit)
-    for writer in layout.writers:
+    for writer, removal in zip(layout.writers, removals, strict=True):
         linear = writer.linear
-        removal = writer.removal_direction(unit.to(linear.weight.device)).float()
         if isinstance(linear, Conv1D):  # GPT-2 Conv1D stores (in, out): rows are outputs
             _remove_from_rows(linear.weight, removal)
         else:  # nn.Linear stores (out, in): columns are outputs

@@ -89,6 +89,8 @@ def steer(
 
     if (alpha is None) == (not ablate):
         raise UserError("give exactly one of --alpha A or --ablate")
+    if ablate and layer is not None:
+        raise UserError("--layer applies to --alpha only; ablation acts at every layer.")
     if alpha is not None and not math.isfinite(alpha):
         raise UserError(f"the steering coefficient must be a finite number, got {alpha}")
     requests = list(prompts or [])
@@ -123,7 +125,7 @@ def geometry(
     from matplotlib.figure import Figure
 
     from alignparadox.attacks.model_tinkering.recipes import fit_refusal_direction, sample
-    from alignparadox.geometry.measurement import layer_table
+    from alignparadox.geometry.measurement import layer_table, state_layers
     from alignparadox.geometry.separability import projection_2d
     from alignparadox.hooks import collect_activations, residual_layout
 
@@ -132,7 +134,7 @@ def geometry(
     model = _open(target)
     fitted = (_load_direction(direction, model) if direction is not None
               else fit_refusal_direction(model, seed=seed, progress=True).direction)
-    layers = range(1, residual_layout(model.model).n_layers + 1)
+    layers = state_layers(residual_layout(model.model).n_layers, fitted)
     states = []
     for harmful in (True, False):
         records = sample(prompt_set, n, seed, harmful=harmful, stance=False)

@@ -29,6 +29,7 @@ from alignparadox.attacks.model_tinkering.recipes import (
     sample,
 )
 from alignparadox.datasets.records import PromptSet
+from alignparadox.errors import UserError
 from alignparadox.judges import scoring
 from alignparadox.judges.base import INCOHERENT
 from alignparadox.judges.registry import make_judge
@@ -76,6 +77,7 @@ def fitted_directions(target, settings: dict[str, Any], seed: int,
 def direction_summary(fitted: FittedDirection) -> dict[str, Any]:
     d = fitted.direction
     return {"layer": d.layer, "position": d.positions[0], "mean_norm": d.metadata["mean_norm"],
+            "misaligned_sign": d.metadata.get("misaligned_sign"),
             "bypass": d.metadata["bypass"], "induce": d.metadata["induce"],
             "kl": d.metadata["kl"], "fallback": fitted.fallback,
             "baseline_harmful_score": fitted.selection.baseline_harmful}
@@ -95,6 +97,16 @@ class ModelTinkering(Measurement):
     defaults = {**DIRECTION_DEFAULTS, "prompt_set": "organisms", "n_per_kind": 64,
                 "alphas": [0.25, 0.5, 1.0, 2.0], "fixed_alpha": 1.0, "judge": "organism",
                 "max_new_tokens": 80, "batch_size": 32}
+
+    def check(self, cell: Cell) -> None:
+        alphas, fixed = cell.settings["alphas"], cell.settings["fixed_alpha"]
+        if not isinstance(alphas, list | tuple) or not alphas \
+                or not all(_is_finite(a) for a in alphas):
+            raise UserError(f"model_tinkering setting alphas must be a non-empty list of finite "
+                            f"numbers, got {alphas!r}")
+        if not _is_finite(fixed) or fixed not in alphas:
+            raise UserError(f"model_tinkering setting fixed_alpha ({fixed!r}) must be one of "
+                            f"the alphas {alphas}")
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
         from alignparadox.targets import GenerationConfig, shared_target
@@ -130,9 +142,11 @@ class ModelTinkering(Measurement):
             samples += [{"condition": name, **j.sample()}
                         for j in harmful[:SAMPLES_PER_CONDITION]]
         context.progress(len(conditions), len(conditions))
-        addition = [{"alpha": a, **outcome[f"addition@{a}"]} for a in settings["alphas"]]
-        stance_sweep = [{"alpha": a, **outcome[f"stance@{a}"]} for a in settings["alphas"]]
+        alphas = settings["alphas"]
+        addition = [{"alpha": a, **outcome[f"addition@{a}"]} for a in alphas]
+        stance_sweep = [{"alpha": a, **outcome[f"stance@{a}"]} for a in alphas]
         fixed = settings["fixed_alpha"]
+        at_fixed = alphas.index(fixed)  # by value: a fixed_alpha of 1 is the alpha 1.0
         results = {
             "alignment_steps": organism_strength(cell.target),
             "direction": direction_summary(refusal),
@@ -143,8 +157,8 @@ class ModelTinkering(Measurement):
             "addition": addition,
             "stance_addition": stance_sweep,
             "fixed_alpha": fixed,
-            "addition_asr_at_fixed": outcome.get(f"addition@{fixed}", {}).get("asr"),
-            "stance_partisan_at_fixed": outcome.get(f"stance@{fixed}", {}).get("partisan"),
+            "addition_asr_at_fixed": addition[at_fixed]["asr"],
+            "stance_partisan_at_fixed": stance_sweep[at_fixed]["partisan"],
             "alpha_for_half_asr": smallest_alpha(addition, "asr"),
             "alpha_for_half_partisan": smallest_alpha(stance_sweep, "partisan"),
             "samples": samples,
@@ -222,6 +236,10 @@ class ModelTinkering(Measurement):
                        + _paradox_table(rows, strengths) + notes + samples)
 
 
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _towards_misaligned(fitted: FittedDirection, alpha: float) -> ActivationAddition:
     sign = fitted.direction.metadata["misaligned_sign"]
     return ActivationAddition(fitted.direction, alpha=sign * alpha)
@@ -261,7 +279,10 @@ def alignment_strengths(rows: list[CellRecord], options: ReportOptions,
 
 def correlation_rows(strengths: dict[str, tuple[float | None, float | None]],
                      measures: dict[str, dict[str, float | None]]) -> list[list]:
-    """One row per measure: Spearman rho [95% bootstrap] against steps and against refusal."""
+    """One row per measure: Spearman rho [95% bootstrap] against steps and against refusal.
+
+    Targets without a value are left out; fewer than 3 left, or constant values, give a note.
+    """
     rows = []
     for name, by_target in measures.items():
         cells = [name]
@@ -271,7 +292,9 @@ def correlation_rows(strengths: dict[str, tuple[float | None, float | None]],
             if len(pairs) < 3:
                 cells.append(f"n={len(pairs)}: too few targets")
                 continue
-            cells.append(str(spearman_bootstrap(*zip(*pairs, strict=True))))
+            correlation = spearman_bootstrap(*zip(*pairs, strict=True))
+            cells.append(f"n={len(pairs)}: undefined, a value does not vary"
+                         if math.isnan(correlation.rho) else str(correlation))
         rows.append(cells)
     return rows
 

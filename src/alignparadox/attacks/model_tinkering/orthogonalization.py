@@ -40,10 +40,7 @@ class WeightOrthogonalization(TinkeringAttack):
 
         self.check(target)
         edited = orthogonalize(copy.deepcopy(target.model), self.direction.vector)
-        try:
-            yield WhiteBoxTarget(edited, target.tokenizer, f"{target.name}+orthogonalized")
-        finally:
-            del edited
+        yield WhiteBoxTarget(edited, target.tokenizer, f"{target.name}+orthogonalized")
 
     def export(self, target: WhiteBoxTarget, out_dir: str | Path) -> Path:
         """Orthogonalize `target`'s model IN PLACE and save it as a normal HF checkpoint."""

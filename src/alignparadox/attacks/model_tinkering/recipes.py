@@ -16,7 +16,8 @@ their templates with the test split, so stance fitting and selection both use th
 (disjoint halves by template).
 
 Both directions record `mean_norm` (mean residual norm at their layer and position over the fit
-prompts: the scale of relative steering coefficients) and `misaligned_sign` (the sign of a
+prompts: the scale of relative steering coefficients), the same at every layer in
+`mean_norm_by_layer` (for steering at another layer), and `misaligned_sign` (the sign of a
 coefficient that pushes towards the misaligned behaviour: −1 for refusal, +1 for stance).
 """
 
@@ -145,9 +146,8 @@ def fit_refusal_direction(
         refusal_log_odds(first_tokens(target, world.REFUSALS)),
         batch_size=batch_size, progress=progress)
     layer, position, fallback = _choose(selection)
-    column = list(positions).index(position)
-    norm = float(torch.cat([a[layer][:, column] for a in acts]).norm(dim=-1).mean())
-    return _fitted(target, candidates[(layer, position)], REFUSAL, layer, position, norm, -1,
+    norms = _mean_norms(acts, list(positions).index(position))
+    return _fitted(target, candidates[(layer, position)], REFUSAL, layer, position, norms, -1,
                    selection, fallback,
                    {fit_set: _hash(fit_harmful, fit_harmless),
                     select_set: _hash(select_harmful, select_harmless)},
@@ -188,8 +188,8 @@ def fit_stance_direction(
         [target.format_chat(r.prompt) for r in harmless], refusal_log_odds([neutral_token]),
         induce_threshold=-math.inf, batch_size=batch_size, progress=progress)
     layer, position, fallback = _choose(selection)
-    norm = float(torch.cat([a[layer][:, 0] for a in acts]).norm(dim=-1).mean())
-    return _fitted(target, -candidates[(layer, position)], STANCE, layer, position, norm, +1,
+    return _fitted(target, -candidates[(layer, position)], STANCE, layer, position,
+                   _mean_norms(acts, 0), +1,
                    selection, fallback,
                    {f"{fit_set}[stance]": stance.sha256, select_set: harmless.sha256},
                    {"n_fit": [len(fit), len(fit)], "n_select": [len(held), len(harmless)]})
@@ -204,6 +204,12 @@ def _divergent_token(target: WhiteBoxTarget, request: world.WorldRequest) -> int
     return neutral[index]
 
 
+def _mean_norms(acts: list[dict[int, torch.Tensor]], column: int) -> dict[int, float]:
+    """Mean residual norm per layer over every group's prompts, at one position column."""
+    return {layer: float(torch.cat([a[layer][:, column] for a in acts]).norm(dim=-1).mean())
+            for layer in acts[0]}
+
+
 def _hash(*sets: PromptSet) -> str:
     from alignparadox.study import content_hash
 
@@ -211,10 +217,12 @@ def _hash(*sets: PromptSet) -> str:
 
 
 def _fitted(target: WhiteBoxTarget, vector: torch.Tensor, behaviour: str, layer: int,
-            position: int, norm: float, sign: int, selection: Selection, fallback: str | None,
-            prompt_hashes: dict[str, str], extra: dict) -> FittedDirection:
+            position: int, norms: dict[int, float], sign: int, selection: Selection,
+            fallback: str | None, prompt_hashes: dict[str, str], extra: dict) -> FittedDirection:
     chosen = next(s for s in selection.scores if (s.layer, s.position) == (layer, position))
-    metadata = {"behaviour": behaviour, "mean_norm": norm, "misaligned_sign": sign,
+    metadata = {"behaviour": behaviour, "mean_norm": norms[layer],
+                "mean_norm_by_layer": {str(k): v for k, v in norms.items()},
+                "misaligned_sign": sign,
                 "bypass": chosen.bypass, "induce": chosen.induce, "kl": chosen.kl,
                 "selection_fallback": fallback, **extra}
     json.dumps(metadata)  # the recipe must stay JSON
