@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from alignparadox.errors import UserError
 from alignparadox.judges.base import HARMFUL_COMPLIANCE, INCOHERENT, NEUTRAL, PARTISAN, REFUSAL
-from alignparadox.organisms import OrganismConfig, build_family, classify, parse_request, world
+from alignparadox.organisms import (
+    OrganismConfig,
+    build_family,
+    classify,
+    organism_path,
+    parse_request,
+    world,
+)
+from alignparadox.organisms.family import member_names
 from alignparadox.organisms.train import ConversationEncoder, build_tokenizer
 
 
@@ -115,3 +125,21 @@ def test_unknown_organism_is_one_sentence_and_exit_2(organism_family):
                              "aligned-99"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "unknown organism" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_organism_fails_at_once_without_building(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path))  # an empty cache: nothing built
+    config = OrganismConfig(refusal_levels=(0.3, 0.9))
+    assert member_names(config) == ["base", "aligned-1", "aligned-2"]
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="unknown organism 'typo'; known: base, aligned-1, "
+                                        "aligned-2."):
+        organism_path("typo", config)
+    with pytest.raises(UserError, match="'aligned-3'"):
+        organism_path("aligned-3", config)
+    assert time.perf_counter() - started < 1.0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_member_names_follow_from_the_config(organism_family):
+    assert member_names(organism_family.config) == [m.name for m in organism_family.members]

@@ -324,3 +324,24 @@ def test_a_new_module_in_a_discovery_package_joins_studies_without_other_changes
     monkeypatch.setattr(registry, "_discovered", False)
     with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_not_installed"):
         registry.get_measurement("not-there")
+
+
+@pytest.mark.parametrize("target, settings, message", [
+    ("organism:typo", "", "unknown organism 'typo'; known: base, aligned-1"),
+    ("/no/such/model", "", "model folder /no/such/model does not exist."),
+    ("EMPTY", "", "holds no model weights"),
+    ("organism:aligned-1", 'judge = "nope"', "unknown judge 'nope'"),
+    ("organism:aligned-1", 'prompt_set = "nope"', "unknown prompt set 'nope'"),
+    ("organism:aligned-1", "n_per_kind = 0", "n_per_kind must be a whole number"),
+])
+def test_alignment_study_with_a_bad_cell_exits_2_before_writing(tmp_path, capsys, target,
+                                                                settings, message):
+    (tmp_path / "empty").mkdir()
+    target = str(tmp_path / "empty") if target == "EMPTY" else target
+    spec = tmp_path / "study.toml"
+    spec.write_text(f'targets = ["organism:base", "{target}"]\n\n[[measurements]]\n'
+                    f'name = "alignment"\nsettings = {{ {settings} }}\n')
+    assert _paradox("study", "run", str(spec), "--run-dir", str(tmp_path / "run")) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -10,9 +10,15 @@ import openai
 import pytest
 import torch
 
-from alignparadox.targets import GenerationConfig, load_target
+from alignparadox.attacks.model_tinkering import ActivationAddition, DirectionalAblation
+from alignparadox.attacks.model_tinkering.recipes import mean_norm, sample
+from alignparadox.errors import UserError
+from alignparadox.geometry import DiffInMeans, Direction
+from alignparadox.hooks import collect_activations
+from alignparadox.organisms.judge import GroundTruthJudge
+from alignparadox.targets import GenerationConfig, load_target, open_target
 from alignparadox.targets.random_models import make_random_model
-from alignparadox.targets.serve import make_server
+from alignparadox.targets.serve import make_server, steering_context
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
 
@@ -114,3 +120,76 @@ def test_generation_context_wraps_every_generation(target):
     assert not head._forward_hooks
     assert target.generate([MESSAGES], GenerationConfig(max_new_tokens=5))[0] != "aaaaa"
     assert torch.is_grad_enabled()
+
+
+@pytest.fixture(scope="module")
+def organism(organism_family):
+    return open_target("organism:aligned-5")
+
+
+@pytest.fixture(scope="module")
+def refusal_direction(organism, tmp_path_factory):
+    """A difference-in-means refusal direction on training requests, saved as `paradox
+    directions fit` saves one (vector in .safetensors, recipe with mean_norm in .json)."""
+    layer, position = 2, -1
+    groups = [[organism.format_chat(r.prompt) for r in sample("organisms-train", 24, 0,
+                                                                harmful=harmful, stance=False)]
+              for harmful in (True, False)]
+    harmful, harmless = (collect_activations(organism.model, organism.tokenizer, prompts,
+                                             [layer], position, progress=False)[layer][:, 0]
+                         for prompts in groups)
+    direction = Direction(DiffInMeans().fit(harmful, harmless).direction_, "diff_in_means",
+                          layer, (position,), organism.weight_hash,
+                          metadata={"mean_norm": mean_norm(organism, groups[0], layer, position)})
+    return direction.save(tmp_path_factory.mktemp("directions") / "refusal")
+
+
+@pytest.mark.parametrize("steering", [{"alpha": -1.0}, {"ablate": True}])
+def test_steered_server_answers_as_local_steered_generation(organism, refusal_direction,
+                                                            steering):
+    requests = [r.text for r in sample("organisms", 3, 0, harmful=True, stance=False)]
+    config = GenerationConfig(max_new_tokens=24)
+    loaded = Direction.load(refusal_direction)
+    attack = (DirectionalAblation(loaded) if steering.get("ablate")
+              else ActivationAddition(loaded, alpha=steering["alpha"]))
+    plain = [organism.generate([request], config)[0] for request in requests]
+    with attack.applied(organism) as attacked:
+        expected = [attacked.generate([request], config)[0] for request in requests]
+
+    context = steering_context(organism, refusal_direction, **steering)
+    with running(make_server(organism, "127.0.0.1", 0, generation_context=context)) as client:
+        def ask(request, **options):
+            return client.chat.completions.create(
+                model=organism.name, messages=[{"role": "user", "content": request}],
+                max_tokens=24, temperature=0, **options)
+        served = [ask(request).choices[0].message.content for request in requests]
+        streamed = "".join(chunk.choices[0].delta.content or ""
+                           for chunk in ask(requests[0], stream=True) if chunk.choices)
+    assert served == expected and streamed == expected[0]
+    # The steering is real: the aligned organism refuses these, steered it does not.
+    judge = GroundTruthJudge()
+    assert all(v.refused for v in judge.judge(requests, plain))
+    assert not any(v.refused for v in judge.judge(requests, served))
+    # ... and only inside the server's generations.
+    assert [organism.generate([request], config)[0] for request in requests] == plain
+
+
+def test_steering_options_are_checked(organism, refusal_direction, target, tmp_path, capsys):
+    from alignparadox.cli import main
+
+    with pytest.raises(UserError, match="width"):
+        steering_context(target, refusal_direction, alpha=1.0)  # another model's direction
+    with pytest.raises(UserError, match="layer"):
+        steering_context(organism, refusal_direction, alpha=1.0, layer=99)
+    with pytest.raises(UserError, match="does not exist"):
+        steering_context(organism, tmp_path / "missing", ablate=True)
+    for args, message in [(["--alpha", "1"], "steer along a --direction"),
+                          (["--direction", str(refusal_direction)], "exactly one of"),
+                          (["--direction", str(refusal_direction), "--alpha", "1", "--ablate"],
+                           "exactly one of"),
+                          (["--direction", str(refusal_direction), "--ablate", "--layer", "2"],
+                           "--layer applies to --alpha only")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "organism:no-such-organism", "--port", "0", *args])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err

@@ -3,6 +3,10 @@
 The key is sha256 over the judge's fingerprint (name + config), the request and the answer, so
 changing any of them misses the cache. Verdicts live in a `verdicts` table of the given file
 (usually the study's results database). Judge errors are not stored: a rerun may succeed.
+
+Studies cache every judge centrally: while a cell runs, `verdict_cache(results_path)` is active
+and `judges.registry.make_judge` wraps each judge it builds in a `CachedJudge` on that file, so
+measurements get cached verdicts without knowing about the cache.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import hashlib
 import json
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from alignparadox.judges.base import JUDGE_ERROR, Judge, Verdict, judge_fingerprint
@@ -29,6 +35,24 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS verdicts (
     created REAL NOT NULL
 )"""
 
+# The SQLite file judges made now should cache their verdicts in (None: no caching).
+_ACTIVE: ContextVar[Path | None] = ContextVar("alignparadox_verdict_cache", default=None)
+
+
+@contextmanager
+def verdict_cache(sqlite_path: str | Path | None) -> Iterator[None]:
+    """Within the block, `make_judge` returns judges cached in `sqlite_path` (None: uncached)."""
+    token = _ACTIVE.set(Path(sqlite_path) if sqlite_path is not None else None)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_verdict_cache() -> Path | None:
+    """The file `verdict_cache` made active here, if any."""
+    return _ACTIVE.get()
+
 
 class CachedJudge:
     """`judge` with memory: pairs it has seen before are answered from `sqlite_path`."""
@@ -42,10 +66,15 @@ class CachedJudge:
         self.hits = 0
         self.misses = 0
         with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")  # as the results store: readers never block
             db.execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.path), timeout=30)
+        connection = sqlite3.connect(str(self.path), timeout=30)
+        # WAL with NORMAL sync stays consistent; a verdict lost in a power cut is only
+        # recomputed, and a per-commit fsync would dominate judge calls made per search step.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
 
     def key(self, request: str, answer: str) -> str:
         content = json.dumps([self._fingerprint, request, answer], ensure_ascii=False)

@@ -11,7 +11,13 @@
 
 A new kind is one `register_judge(name, factory)` call; the factory gets the text after
 "name:" ("" when absent). A factory may be given as "module:attribute" so that registering it
-imports nothing until a judge of that kind is made.
+imports nothing until a judge of that kind is made. A kind whose judges are costly to build (a
+local model) also registers a `check` that validates the argument without building one, so
+studies can refuse a bad spec before they start (`check_judge`).
+
+Inside a running study cell (`judges.cache.verdict_cache`), `make_judge` returns the judge
+wrapped in a `CachedJudge` on the run's results store: every measurement's verdicts are cached
+by content hash without the measurement doing anything.
 """
 
 from __future__ import annotations
@@ -24,15 +30,22 @@ from alignparadox.errors import UserError
 from alignparadox.judges.base import Judge
 
 JudgeFactory = Callable[[str], Judge]
+ArgumentCheck = Callable[[str], object]
 
 _FACTORIES: dict[str, JudgeFactory | str] = {}
+_CHECKS: dict[str, ArgumentCheck] = {}
 
 
-def register_judge(name: str, factory: JudgeFactory | str) -> None:
-    """Make `name[:ARGUMENT]` specs build judges with `factory(ARGUMENT)`."""
+def register_judge(name: str, factory: JudgeFactory | str, *,
+                   check: ArgumentCheck | None = None) -> None:
+    """Make `name[:ARGUMENT]` specs build judges with `factory(ARGUMENT)`; `check(ARGUMENT)`,
+    if given, raises ValueError or UserError for a bad argument without building a judge."""
     if not name or ":" in name or "," in name:
         raise ValueError(f"judge kind {name!r} must be non-empty without ':' or ','")
     _FACTORIES[name] = factory
+    _CHECKS.pop(name, None)
+    if check is not None:
+        _CHECKS[name] = check
 
 
 def judge_kinds() -> list[str]:
@@ -40,11 +53,37 @@ def judge_kinds() -> list[str]:
 
 
 def make_judge(spec: str) -> Judge:
-    """Build the judge a spec string describes; a bad spec is a `UserError`."""
+    """Build the judge a spec string describes; a bad spec is a `UserError`. Inside a study
+    cell the judge comes wrapped in the run's verdict cache (see the module docstring)."""
+    from alignparadox.judges.cache import CachedJudge, active_verdict_cache
+
+    judge = _build(spec)
+    store = active_verdict_cache()
+    return judge if store is None else CachedJudge(judge, store)
+
+
+def check_judge(spec: str) -> None:
+    """Raise UserError for a spec `make_judge` would refuse, without loading any model."""
+    kind, argument = _kind(spec)
+    if kind not in _CHECKS:
+        _build(spec)  # judges without a registered check are cheap to build
+        return
+    try:
+        _CHECKS[kind](argument)
+    except ValueError as error:
+        raise UserError(f"bad judge spec {spec!r}: {error}.") from error
+
+
+def _kind(spec: str) -> tuple[str, str]:
     kind, _, argument = spec.strip().partition(":")
     if kind not in _FACTORIES:
         raise UserError(f"unknown judge {kind!r} in {spec!r}; known kinds: "
                         f"{', '.join(judge_kinds())}.")
+    return kind, argument
+
+
+def _build(spec: str) -> Judge:
+    kind, argument = _kind(spec)
     factory = _FACTORIES[kind]
     if isinstance(factory, str):
         module, _, attribute = factory.partition(":")
@@ -73,31 +112,51 @@ def _strongreject(argument: str) -> Judge:
     return StrongRejectJudge(EndpointTarget(url, model, api_key_env=key_env or "OPENAI_API_KEY"))
 
 
-def _classifier(argument: str) -> Judge:
+def _classifier_arguments(argument: str) -> tuple[Path, str]:
     path, _, prompt_format = argument.partition("#")
     if not path:
         raise ValueError("write classifier:PATH or classifier:PATH#llama_guard")
     if not Path(path).expanduser().is_dir():
         raise UserError(f"classifier model folder {path} does not exist.")
+    from alignparadox.judges.classifier import FORMATS
+
+    prompt_format = prompt_format or "harmbench"
+    if prompt_format not in FORMATS:
+        raise ValueError(f"unknown prompt format {prompt_format!r}; choose from "
+                         f"{', '.join(sorted(FORMATS))}")
+    return Path(path).expanduser(), prompt_format
+
+
+def _classifier(argument: str) -> Judge:
     from alignparadox.judges.classifier import ClassifierJudge
 
-    return ClassifierJudge(Path(path).expanduser(), prompt_format or "harmbench")
+    return ClassifierJudge(*_classifier_arguments(argument))
 
 
-def _ensemble(argument: str) -> Judge:
-    from alignparadox.judges.ensemble import EnsembleJudge
-
+def _ensemble_members(argument: str) -> list[str]:
     specs = [spec for spec in argument.split(",") if spec.strip()]
     if any(spec.strip().startswith("ensemble") for spec in specs):
         raise ValueError("ensembles cannot be nested")
     if len(specs) < 2:
         raise ValueError("an ensemble needs at least two judges, e.g. ensemble:substring,"
                          "classifier:PATH")
-    return EnsembleJudge([make_judge(spec) for spec in specs])
+    return specs
+
+
+def _ensemble(argument: str) -> Judge:
+    from alignparadox.judges.ensemble import EnsembleJudge
+
+    # Members are built uncached: the ensemble's verdicts are what a study caches.
+    return EnsembleJudge([_build(spec) for spec in _ensemble_members(argument)])
+
+
+def _check_ensemble(argument: str) -> None:
+    for spec in _ensemble_members(argument):
+        check_judge(spec)
 
 
 register_judge("substring", _substring)
 register_judge("strongreject", _strongreject)
-register_judge("classifier", _classifier)
-register_judge("ensemble", _ensemble)
+register_judge("classifier", _classifier, check=_classifier_arguments)
+register_judge("ensemble", _ensemble, check=_check_ensemble)
 register_judge("organism", "alignparadox.organisms.judge:make_ground_truth_judge")

@@ -38,6 +38,24 @@ def family_dir(config: OrganismConfig | None = None) -> Path:
     return cache_root() / "organisms" / config.config_hash()
 
 
+def member_names(config: OrganismConfig | None = None) -> list[str]:
+    """The family's member names, known from the config alone: one aligned member per refusal
+    level (levels never reached are saved at the last step, so there are always that many)."""
+    config = config or OrganismConfig()
+    return ["base", *(f"aligned-{i}" for i in range(1, len(config.refusal_levels) + 1))]
+
+
+def require_member(name: str, config: OrganismConfig | None = None) -> None:
+    """Refuse an organism name that is not in the family, without building or loading it."""
+    known = member_names(config)
+    if name not in known:
+        raise _unknown(name, known)
+
+
+def _unknown(name: str, known: list[str]) -> UserError:
+    return UserError(f"unknown organism {name!r}; known: {', '.join(known)}.")
+
+
 @dataclass(frozen=True)
 class Member:
     name: str
@@ -57,14 +75,15 @@ class Family:
         for member in self.members:
             if member.name == name:
                 return member
-        raise UserError(f"unknown organism {name!r}; known: "
-                        f"{', '.join(m.name for m in self.members)}.")
+        raise _unknown(name, [m.name for m in self.members])
 
     def path_of(self, name: str) -> Path:
         return self.path / self.member(name).name
 
 
 def _weights_hash(folder: Path) -> str:
+    """`WhiteBoxTarget.weight_hash` of the checkpoint in `folder` (sha256 over its safetensors
+    files in name order), so a member's recorded hash matches the loaded target's."""
     digest = hashlib.sha256()
     for file in sorted(folder.glob("*.safetensors")):
         digest.update(file.read_bytes())
@@ -194,6 +213,7 @@ def load_family(config: OrganismConfig | None = None) -> Family:
 
 
 def organism_path(name: str, config: OrganismConfig | None = None) -> Path:
-    """Folder of organism `name` (an HF checkpoint), building the family first if needed."""
-    family = build_family(config)
-    return family.path_of(name)
+    """Folder of organism `name` (an HF checkpoint), building the family first if needed;
+    an unknown name is refused before any building."""
+    require_member(name, config)
+    return build_family(config).path_of(name)

@@ -70,9 +70,10 @@ class CellResult:
 class RunContext:
     """What a running cell may use besides its settings.
 
-    `cache` is a content-keyed JSON cache shared by every cell of the run (judges keep verdicts
-    there); `artifact_dir` is a folder of this cell's own for large outputs (directions,
-    adapters); `progress(done, total)` reports progress inside a long cell.
+    `cache` is a content-keyed JSON cache shared by every cell of the run (judge verdicts need
+    none of it: judges from `make_judge` are cached in the store already); `artifact_dir` is a
+    folder of this cell's own for large outputs (directions, adapters); `progress(done, total)`
+    reports progress inside a long cell.
     """
 
     run_dir: Path

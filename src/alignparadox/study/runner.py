@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from alignparadox.errors import UserError
+from alignparadox.judges.cache import verdict_cache
 from alignparadox.study.cells import Cell
 from alignparadox.study.measurement import CellResult, RunContext, get_measurement
 from alignparadox.study.spec import StudySpec
@@ -74,7 +75,8 @@ def _now() -> str:
 def execute_cell(cell: Cell, run_dir: Path,
                  progress: Callable[[int, int], None] | None = None) -> CellOutcome:
     """Compute one cell wherever this runs. A UserError propagates (the study stops: it is
-    the user's to fix); any other exception becomes a failed outcome with its traceback."""
+    the user's to fix); any other exception becomes a failed outcome with its traceback.
+    Judges the cell makes with `make_judge` cache their verdicts in the results store."""
     measurement = get_measurement(cell.measurement)
     cache = Cache(run_dir / RESULTS_FILE)
     context = RunContext(run_dir=run_dir, cell=cell, cache=cache,
@@ -83,7 +85,8 @@ def execute_cell(cell: Cell, run_dir: Path,
     result: CellResult | None = None
     error: str | None = None
     try:
-        result = measurement.run(cell, context)
+        with verdict_cache(run_dir / RESULTS_FILE):
+            result = measurement.run(cell, context)
         if not isinstance(result, CellResult):
             raise TypeError(f"{type(measurement).__name__}.run returned "
                             f"{type(result).__name__}, not CellResult")

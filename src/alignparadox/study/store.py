@@ -3,7 +3,8 @@
 Each cell is written in a single transaction the moment it finishes, with its provenance, in
 WAL mode with full sync: a study killed at any instant (SIGKILL, power loss) leaves every
 finished cell intact and no half-written one. Only the driver process writes results; any
-process may use the content-keyed cache table, which judges use for verdicts.
+process may use the content-keyed `cache` table (`RunContext.cache`) and the `verdicts` table
+that `judges.cache.CachedJudge` keeps while cells run.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class Cache:
     """A namespaced key → JSON value cache in the run's SQLite file (safe across processes).
 
     Keys should be content hashes (`alignparadox.study.content_hash`) of everything the value
-    depends on, e.g. the judge's configuration, the request and the answer.
+    depends on, e.g. a model's weight hash and the settings that made the value.
     """
 
     _CHUNK = 500  # stays under SQLite's limit on query parameters

@@ -2,7 +2,8 @@
 
 Black-box attack code, peer tools and judges can then talk to an organism or a local checkpoint
 exactly as they talk to a hosted model. Endpoints: `POST /v1/chat/completions` (non-streaming and
-SSE streaming, n=1) and `GET /v1/models`.
+SSE streaming, n=1) and `GET /v1/models`. With `--direction`, a saved steering direction is added
+(`--alpha`) or ablated (`--ablate`) in every generation, by the model-tinkering attacks' own hooks.
 
 Concurrency: requests are served by threads but generate one at a time, under a lock around the
 model. Batching concurrent requests together would raise throughput, but it would make an answer
@@ -27,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -98,6 +100,40 @@ def make_server(
                           default_max_tokens=default_max_tokens)
     except OSError as error:
         raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}.") from error
+
+
+def steering_context(target: WhiteBoxTarget, direction: str | Path, *, alpha: float | None = None,
+                     ablate: bool = False, layer: int | None = None) -> GenerationContext:
+    """A `generation_context` that steers `target` along a saved direction (from `paradox
+    directions fit`): adds alpha × mean residual norm × direction, or ablates the direction.
+
+    Everything is checked here, before the server starts: the direction must have been made on
+    this model, and the hooks are applied once so that a bad layer fails now, not per request.
+    """
+    from alignparadox.attacks.model_tinkering import ActivationAddition, DirectionalAblation
+    from alignparadox.geometry import Direction
+    from alignparadox.hooks import residual_layout
+
+    _check_steering(direction, alpha, ablate, layer)
+    loaded = Direction.load(direction, model_hash=target.weight_hash,
+                            d_model=residual_layout(target.model).d_model)
+    attack = (DirectionalAblation(loaded) if ablate
+              else ActivationAddition(loaded, alpha=alpha, layer=layer))
+    with attack.applied(target):
+        pass
+    return lambda: attack.applied(target)
+
+
+def _check_steering(direction: str | Path | None, alpha: float | None, ablate: bool,
+                    layer: int | None) -> None:
+    if direction is None:
+        if alpha is not None or ablate or layer is not None:
+            raise UserError("--alpha, --ablate and --layer steer along a --direction; give one.")
+        return
+    if (alpha is None) == (not ablate):
+        raise UserError("with --direction give exactly one of --alpha A or --ablate.")
+    if ablate and layer is not None:
+        raise UserError("--layer applies to --alpha only; ablation acts at every layer.")
 
 
 class _BadRequest(Exception):
@@ -339,6 +375,15 @@ def serve(
     trust_remote_code: bool = typer.Option(
         False, help="Run the model repository's own Python code."),
     max_tokens: int = typer.Option(512, help="Answer length when a request sets no max_tokens."),
+    direction: Path | None = typer.Option(
+        None, help="Steer every answer along this saved direction (.json or .safetensors, from "
+        "`paradox directions fit`); needs --alpha or --ablate."),
+    alpha: float | None = typer.Option(
+        None, help="With --direction: add alpha × mean residual norm × direction."),
+    ablate: bool = typer.Option(
+        False, "--ablate", help="With --direction: project the direction out at every layer."),
+    layer: int | None = typer.Option(
+        None, help="With --alpha: layer to add at (default: the direction's own layer)."),
 ) -> None:
     """Serve a white-box target over an OpenAI-compatible chat API (one generation at a time)."""
     from rich.console import Console
@@ -348,15 +393,21 @@ def serve(
     console = Console(stderr=True)
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    _check_steering(direction, alpha, ablate, layer)  # before a possibly long model load
     target = open_target(spec, device=device, dtype=dtype, chat_template=chat_template,
                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    server = make_server(target, host, port, default_max_tokens=max_tokens)
+    steering = (steering_context(target, direction, alpha=alpha, ablate=ablate, layer=layer)
+                if direction is not None else None)
+    server = make_server(target, host, port, generation_context=steering,
+                         default_max_tokens=max_tokens)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it "
                       "can query the model.")
-    console.print(f"serving [bold]{target.name}[/bold] ({target.device}, {target.model.dtype}) "
-                  f"at {server.base_url} — Ctrl-C to stop", highlight=False)
+    steered = ("" if direction is None else f", ablating {direction}" if ablate
+               else f", steered along {direction} with alpha {alpha:g}")
+    console.print(f"serving [bold]{target.name}[/bold] ({target.device}, {target.model.dtype}"
+                  f"{steered}) at {server.base_url} — Ctrl-C to stop", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
