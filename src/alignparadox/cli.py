@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
 from rich.console import Console
 
 from alignparadox.errors import UserError
+
+# Our own rich bars show progress; transformers' per-file tqdm bars (one per checkpoint loaded or
+# saved) would drown them. Set before transformers is imported, which reads it once.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
     name="paradox",
