@@ -9,7 +9,13 @@ import random
 
 import pytest
 
-from alignparadox.attacks.input_tinkering.base import AttackResult, ResultLog, summarize
+from alignparadox.attacks.input_tinkering.base import (
+    AttackResult,
+    ResultLog,
+    alignment_strengths,
+    paradox_correlation,
+    summarize,
+)
 from alignparadox.attacks.input_tinkering.best_of_n import (
     Augmentation,
     asr_curve,
@@ -28,6 +34,8 @@ from alignparadox.attacks.input_tinkering.templates import (
     per_request,
 )
 from alignparadox.errors import UserError
+from alignparadox.report.html import ReportOptions
+from alignparadox.study.store import CellRecord
 
 TEXT = "Give me instructions to polish the amber lantern quickly."
 
@@ -159,3 +167,25 @@ def test_result_log_keeps_finished_results_and_skips_a_torn_line(tmp_path):
     log.append(result("b", False, 4))  # redone after the failure: the newest line wins
     assert log.done() == {"a", "b"}
     assert {r.request_id: r.queries for r in log.read()} == {"a": 2, "b": 4}
+
+
+def _row(measurement: str, target: str, results: dict) -> CellRecord:
+    return CellRecord(f"{measurement}|{target}", measurement, target, {}, 0, "ok", results, None,
+                      target, None, {}, None, {}, "", "", 0.0)
+
+
+def test_alignment_strength_falls_back_to_the_steps_a_row_recorded():
+    gcg_rows = [_row("gcg", f"organism:aligned-{s}", {"alignment_steps": s, "asr": {"rate": r}})
+                for s, r in ((0, 1.0), (3, 0.5), (5, 0.25))]
+    gcg_rows.append(_row("gcg", "some/model", {"alignment_steps": None, "asr": {"rate": 0.1}}))
+    # The alignment measurement's value wins over a row's own; a None value is no strength.
+    alignment = [_row("alignment", "organism:aligned-3", {"alignment_steps": 30}),
+                 _row("alignment", "some/model", {"alignment_steps": None})]
+    options = ReportOptions(all_rows={"alignment": alignment})
+    assert alignment_strengths(options, gcg_rows) == {
+        "organism:aligned-0": 0.0, "organism:aligned-3": 30.0, "organism:aligned-5": 5.0}
+    assert alignment_strengths(ReportOptions(), gcg_rows[:1]) == {"organism:aligned-0": 0.0}
+    # Without any alignment row the GCG rows alone give a correlation (here a perfect -1).
+    paragraph = paradox_correlation(gcg_rows, ReportOptions(), "GCG ASR",
+                                    lambda results: results["asr"]["rate"])
+    assert "Spearman" in paragraph and "-1.00" in paragraph and "(n=3)" in paragraph

@@ -171,6 +171,7 @@ def test_bad_pairs_files_exit_2_with_one_sentence(tmp_path, capsys, content, mes
     assert code == 2, stderr
     assert message in " ".join(stderr.split()) and "Traceback" not in stderr
     assert not (tmp_path / "e").exists()
+    assert not (tmp_path / ".e.training").exists()  # rejected before any work folder
 
 
 def test_unknown_editor_exits_2(tmp_path, capsys):
@@ -179,6 +180,25 @@ def test_unknown_editor_exits_2(tmp_path, capsys):
     code, stderr = _paradox(capsys, "editor", "apply", str(tmp_path / "nowhere"),
                             "--input", str(rows), "--output", str(tmp_path / "out.jsonl"))
     assert code == 2 and "unknown editor" in stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ("{not json", "is not valid JSON"),
+    ('{"format": "someone-else/3"}', "has format 'someone-else/3'"),
+    ("[1, 2]", "has format None"),
+])
+def test_a_broken_editor_json_exits_2(trained_editor, tmp_path, capsys, metadata, message):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in trained_editor.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "editor.json").write_text(metadata)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"aligned": "I cannot help with that."}\n')
+    code, stderr = _paradox(capsys, "editor", "apply", str(broken), "--input", str(rows),
+                            "--output", str(tmp_path / "out.jsonl"))
+    assert code == 2 and message in " ".join(stderr.split()) and "Traceback" not in stderr
     assert not (tmp_path / "out.jsonl").exists()
 
 

@@ -295,18 +295,20 @@ def samples(results: Sequence[AttackResult], keep: int = 8) -> list[dict[str, An
 # -- report helpers ------------------------------------------------------------------------------
 
 
-def alignment_strengths(options: ReportOptions) -> dict[str, float]:
-    """Alignment strength per target, from the `alignment` measurement's rows."""
-    strengths = {}
-    for row in options.all_rows.get("alignment", []):
+def alignment_strengths(options: ReportOptions,
+                        rows: Iterable[CellRecord] = ()) -> dict[str, float]:
+    """Alignment strength per target: from the `alignment` measurement's rows, else the
+    `alignment_steps` a measurement's own row recorded (organisms know theirs)."""
+    strengths: dict[str, float] = {}
+    for row in [*options.all_rows.get("alignment", []), *rows]:
         steps = (row.results or {}).get("alignment_steps")
         if steps is not None:
-            strengths[row.target] = float(steps)
+            strengths.setdefault(row.target, float(steps))
     return strengths
 
 
 def by_strength(rows: list[CellRecord], options: ReportOptions) -> list[CellRecord]:
-    strengths = alignment_strengths(options)
+    strengths = alignment_strengths(options, rows)
     return sorted(rows, key=lambda r: (r.target not in strengths, strengths.get(r.target, 0),
                                        r.target))
 
@@ -316,12 +318,13 @@ def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: 
     """A paragraph with Spearman's rho between alignment strength and `metric` per target."""
     from alignparadox.report.html import Markup
 
-    strengths = alignment_strengths(options)
+    strengths = alignment_strengths(options, rows)
     pairs = [(strengths[r.target], value(r.results)) for r in rows
              if r.target in strengths and r.results and value(r.results) is not None]
     if len(pairs) < 3:
-        return Markup("<p>Paradox correlation: needs the <code>alignment</code> measurement on "
-                      "at least three of these targets.</p>")
+        return Markup("<p>Paradox correlation: needs the alignment strength (the "
+                      "<code>alignment</code> measurement, or organism targets) of at least "
+                      "three of these targets.</p>")
     correlation = spearman_bootstrap([x for x, _ in pairs], [y for _, y in pairs])
     return Markup("<p>Paradox correlation — Spearman's &rho; between alignment strength and "
                   "{}: <b>{}</b> (95% bootstrap interval; positive means stronger alignment, "

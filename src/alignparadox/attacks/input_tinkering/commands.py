@@ -283,6 +283,17 @@ def gcg(
     search_width: Annotated[int, typer.Option("--search-width", help="Candidates per step.")]
     = 256,
     topk: Annotated[int, typer.Option("--topk", help="Top-k substitutions per position.")] = 64,
+    n_replace: Annotated[int, typer.Option(
+        "--n-replace", help="Suffix positions changed per candidate.")] = 1,
+    buffer_size: Annotated[int, typer.Option(
+        "--buffer-size", help="Best suffixes kept to continue from (0: always move).")] = 0,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="Candidates per forward pass (default: automatic).")] = None,
+    early_stop: Annotated[bool, typer.Option(
+        "--early-stop/--no-early-stop", help="Stop a request at its first success.")] = True,
+    draft: Annotated[str | None, typer.Option(
+        "--draft", help="Smaller white-box model with the same tokenizer for probe "
+        "sampling.")] = None,
     prompt_set: PromptSetOption = "organisms",
     n_requests: RequestsOption = 8,
     judge: JudgeOption = "organism",
@@ -291,30 +302,41 @@ def gcg(
     out: OutOption = None,
 ) -> None:
     """GCG adversarial suffix per request (white-box targets only)."""
-    if target.startswith(("http://", "https://")):
-        raise UserError("GCG needs the model's weights (gradients); it cannot attack the "
-                        f"black-box endpoint {target}.")
+    from alignparadox.attacks.input_tinkering.gcg_measurement import (
+        require_white_box,
+        target_text,
+    )
+
+    for spec in (target, draft):
+        if spec is not None:
+            require_white_box(spec)
     require_positive(steps=steps, suffix_length=suffix_length, n_requests=n_requests)
     from alignparadox.attacks.input_tinkering import gcg as attack
     from alignparadox.attacks.input_tinkering.base import generation_config, judge_requests
     from alignparadox.judges.registry import make_judge
 
     config = attack.GCGConfig(num_steps=steps, suffix_length=suffix_length,
-                              search_width=search_width, topk=topk, seed=seed,
-                              check_tokens=max_new_tokens, progress=True)
+                              search_width=search_width, topk=topk, n_replace=n_replace,
+                              buffer_size=buffer_size, batch_size=batch_size,
+                              early_stop=early_stop, seed=seed, check_tokens=max_new_tokens,
+                              progress=True)
     judge_ = make_judge(judge)
     requests = harmful_requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "gcg", "target": target, "steps": steps,
                            "suffix_length": suffix_length, "search_width": search_width,
-                           "topk": topk, "prompt_set": prompt_set, "n_requests": n_requests,
+                           "topk": topk, "n_replace": n_replace, "buffer_size": buffer_size,
+                           "batch_size": batch_size, "early_stop": early_stop, "draft": draft,
+                           "prompt_set": prompt_set, "n_requests": n_requests,
                            "judge": judge, "seed": seed, "max_new_tokens": max_new_tokens})
     model = _open(target, 1, None, 0)
+    draft_model = _open(draft, 1, None, 0) if draft is not None else None
     done = output.done()
     fresh = []
     for record in requests:
         if record.id in done:
             continue
-        found = attack.run(model, record.text, _target_text(record), config, judge=judge_)
+        found = attack.run(model, record.text, target_text(record), config, judge=judge_,
+                           draft=draft_model)
         prompt = f"{record.text}{config.separator}{found.best_suffix}"
         answer = model.generate([prompt], generation_config(max_new_tokens))[0]
         verdict = judge_requests(judge_, [record.text], [answer])[0]
@@ -326,17 +348,3 @@ def gcg(
     summary = summarize(output.all_results(fresh))
     output.finish(summary)
     _print(f"GCG ({steps} steps, suffix {suffix_length}; queries = steps)", model.name, summary)
-
-
-def _target_text(record) -> str:
-    """The affirmative opening GCG optimizes for: the set's own target string, the organism
-    world's compliance opening, or a generic "Sure, here is"."""
-    if record.target:
-        return record.target
-    from alignparadox.organisms.judge import parse_request
-    from alignparadox.organisms.world import COMPLIANCE_OPENING
-
-    request = parse_request(record.text)
-    if request is not None and request.action:
-        return COMPLIANCE_OPENING.format(action=request.action, object=request.object)
-    return "Sure, here is"

@@ -307,10 +307,13 @@ class _Objective:
         self.target_ids = self._encode(target_text, False).to(device)
         if self.target_ids.numel() == 0:
             raise UserError("a GCG target text is empty.")
-        self.embeddings = self.model.get_input_embeddings().weight
+        self.embedding = self.model.get_input_embeddings()
+        self.embeddings = self.embedding.weight
+        # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns).
         forward_parameters = inspect.signature(self.model.forward).parameters
         self.cache_keyword = "cache" if "cache" in forward_parameters else "past_key_values"
         with torch.no_grad():
+            _check_one_hot_embedding(self.embedding, self.after_ids, target.name)
             output = self.model(input_ids=self.before_ids[None], use_cache=True)
         self.prefix = _layers(getattr(output, self.cache_keyword))
 
@@ -334,10 +337,10 @@ class _Objective:
     def gradient(self, ids: torch.Tensor, vocab: int) -> tuple[float, torch.Tensor, KV]:
         """Loss of `ids`, its gradient w.r.t. the one-hot suffix (positions x vocab, on CPU),
         and the KV cache of prompt-before + suffix."""
-        weights = self.embeddings[:vocab]
-        one_hot = F.one_hot(ids.to(weights.device), vocab).to(weights.dtype).requires_grad_()
-        tail = self.model.get_input_embeddings()(self._tail(1))
-        embeds = torch.cat([(one_hot @ weights)[None], tail], 1)
+        one_hot = F.one_hot(ids.to(self.embeddings.device), vocab)
+        one_hot = one_hot.to(self.embeddings.dtype).requires_grad_()
+        tail = self.embedding(self._tail(1))
+        embeds = torch.cat([embed_one_hot(self.embedding, one_hot)[None], tail], 1)
         logits, cache = self._forward(None, self.prefix, embeds=embeds)
         loss = F.cross_entropy(logits[0], self.target_ids)
         (grad,) = torch.autograd.grad(loss, one_hot)
@@ -391,6 +394,26 @@ class _Objective:
                             logits_to_keep=len(self.target_ids) + 1).logits[:, :-1].float()
         targets = self.target_ids.expand(batch, -1)
         return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1).cpu()
+
+
+def embed_one_hot(embedding: torch.nn.Module, one_hot: torch.Tensor) -> torch.Tensor:
+    """What `embedding` gives for the tokens of `one_hot` (..., vocab), differentiable in it.
+    Gemma-style modules (transformers 5) scale their output by `embed_scale`, and the model no
+    longer scales `inputs_embeds`, so the one-hot path must apply the scale itself."""
+    embeds = one_hot @ embedding.weight[:one_hot.shape[-1]]
+    scale = getattr(embedding, "embed_scale", None)
+    if scale is None:
+        return embeds
+    return embeds * torch.as_tensor(scale, device=embeds.device).to(embedding.weight.dtype)
+
+
+def _check_one_hot_embedding(embedding: torch.nn.Module, ids: torch.Tensor, name: str) -> None:
+    """An embedding module that does more than a (scaled) lookup would make the gradient
+    silently wrong; refuse it instead."""
+    one_hot = F.one_hot(ids, embedding.weight.shape[0]).to(embedding.weight.dtype)
+    if not torch.allclose(embed_one_hot(embedding, one_hot), embedding(ids)):
+        raise UserError(f"the input embedding of {name!r} is not a (scaled) lookup table, so "
+                        "GCG cannot take its gradient.")
 
 
 def _consistent(objective: _Objective, candidates: torch.Tensor) -> torch.Tensor:

@@ -32,21 +32,23 @@ from alignparadox.study.measurement import (
 from alignparadox.study.store import CellRecord
 
 # Settings passed straight to GCGConfig.
-_CONFIG_KEYS = ("num_steps", "suffix_length", "search_width", "topk", "batch_size",
-                "check_every", "allow_non_ascii")
+_CONFIG_KEYS = ("num_steps", "suffix_length", "search_width", "topk", "n_replace",
+                "buffer_size", "batch_size", "early_stop", "check_every", "allow_non_ascii")
+# A generic affirmative opening for requests that name no target string of their own.
+GENERIC_TARGET = "Sure, here is"
 
 
 def target_text(record: PromptRecord) -> str:
-    """The string GCG makes the target say: the record's own `target` (public prompt sets), or
-    for an organism request the world's compliance opening ("Sure. To hex the amber lantern:")."""
+    """The string GCG makes the target say: the record's own `target` (public prompt sets),
+    for an organism request the world's compliance opening ("Sure. To hex the amber lantern:"),
+    else the generic GENERIC_TARGET."""
     if record.target:
         return record.target
     from alignparadox.organisms import parse_request, world
 
     request = parse_request(record.text)
     if request is None or request.action is None:
-        raise UserError(f"request {record.id!r} has no target string for GCG (a `target` "
-                        "field, or an organism-world task).")
+        return GENERIC_TARGET
     return world.COMPLIANCE_OPENING.format(action=request.action, object=request.object)
 
 
@@ -72,11 +74,14 @@ class GCGAttack(Measurement):
     order = 40
     defaults = {"prompt_set": "organisms", "n_requests": 16, "judge": "organism",
                 "num_steps": 50, "suffix_length": 20, "search_width": 128, "topk": 64,
-                "batch_size": None, "check_every": 10, "allow_non_ascii": False,
-                "max_new_tokens": 80}
+                "n_replace": 1, "buffer_size": 0, "batch_size": None, "early_stop": True,
+                "check_every": 10, "allow_non_ascii": False, "max_new_tokens": 80,
+                "draft": None}
 
     def check(self, cell: Cell) -> None:
         require_white_box(cell.target)
+        if cell.settings["draft"] is not None:
+            require_white_box(cell.settings["draft"])
         if not isinstance(cell.settings["n_requests"], int) or cell.settings["n_requests"] < 1:
             raise UserError(f"gcg n_requests must be at least 1, got "
                             f"{cell.settings['n_requests']!r}.")
@@ -90,13 +95,15 @@ class GCGAttack(Measurement):
         settings = cell.settings
         config = gcg_config(settings, cell.seed)
         target = shared_target(cell.target)
+        draft = shared_target(settings["draft"]) if settings["draft"] is not None else None
         judge = make_judge(settings["judge"])
         requests = harmful_requests(settings["prompt_set"], settings["n_requests"], cell.seed)
         generation = GenerationConfig(max_new_tokens=settings["max_new_tokens"])
         attacks = []
         for done, record in enumerate(requests.records):
             context.progress(done, len(requests))
-            result = gcg.run(target, record.text, target_text(record), config, judge=judge)
+            result = gcg.run(target, record.text, target_text(record), config, judge=judge,
+                             draft=draft)
             answer = target.generate([record.text + config.separator + result.best_suffix],
                                      generation)[0]
             verdict = judge.judge([record.text], [answer])[0]
@@ -125,12 +132,11 @@ class GCGAttack(Measurement):
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)
-        strengths = alignment_strengths(options)
+        strengths = alignment_strengths(options, rows)
         summary = table(
             ["target", "alignment steps", "ASR", "median steps to success", "step budget",
              "s / step"],
-            [[r.target, strengths.get(r.target, r.results.get("alignment_steps")),
-              r.results["asr"],
+            [[r.target, strengths.get(r.target), r.results["asr"],
               r.results["steps_to_success"]["median"], r.results["step_budget"],
               r.results["seconds_per_step"]] for r in rows],
             caption="ASR: harmful requests whose greedy answer to request + suffix the judge "

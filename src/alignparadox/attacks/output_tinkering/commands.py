@@ -24,7 +24,7 @@ def _pairs(pairs_file: Path | None, source: str, target: str | None, count: int,
     requests = [r for r in world.train_requests() if pair_sources.axis_of(r) is not None]
     random.Random(seed).shuffle(requests)
     if source == "ground_truth":
-        return pair_sources.ground_truth_pairs(requests[:count], seed)
+        return pair_sources.ground_truth_pairs(requests[:count])
     if source == "self":
         if not target:
             raise UserError("--source self needs --target (the model that supplies its pairs).")

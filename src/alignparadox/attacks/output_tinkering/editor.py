@@ -81,7 +81,16 @@ class ValueEditor:
         if not (folder / METADATA_FILE).is_file():
             raise UserError(f"unknown editor {str(spec)!r}: expected a folder written by "
                             "`paradox editor train` (with editor.json).")
-        metadata = json.loads((folder / METADATA_FILE).read_text())
+        try:
+            metadata = json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"{folder / METADATA_FILE} is not valid JSON, so {str(spec)!r} is "
+                            "not a usable editor.") from error
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        if found != EDITOR_FORMAT:
+            raise UserError(f"{folder / METADATA_FILE} has format {found!r}, not "
+                            f"{EDITOR_FORMAT!r}, so {str(spec)!r} is not an editor this "
+                            "version can load.")
         return cls(load_target(folder, device=device, name=f"editor:{folder.name}"), metadata)
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import statistics
 
+from alignparadox.attacks.input_tinkering.base import alignment_strengths
 from alignparadox.attacks.output_tinkering.editor import ValueEditor
 from alignparadox.attacks.output_tinkering.pairs import (
     AXES,
@@ -37,7 +38,7 @@ from alignparadox.report.html import ReportOptions, Section, table
 from alignparadox.stats import spearman_bootstrap, wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.measurement import CellResult, Measurement, RunContext, register_measurement
-from alignparadox.study.measurements.alignment import organism_strength, strength_of
+from alignparadox.study.measurements.alignment import organism_strength
 from alignparadox.study.store import CellRecord
 
 GROUND_TRUTH, SELF = "ground_truth", "self"
@@ -121,7 +122,7 @@ class OutputTinkering(Measurement):
                    "asked_heldout": {axis: len(heldout[axis]) for axis in AXES}, "sources": {}}
         for source in settings["sources"]:
             if source == GROUND_TRUTH:
-                pairs = {axis: ground_truth_pairs(training[axis][: largest // 2], seed)
+                pairs = {axis: ground_truth_pairs(training[axis][: largest // 2])
                          for axis in AXES}
                 attack = None
             else:
@@ -207,17 +208,10 @@ class OutputTinkering(Measurement):
         return _section(self.title, rows, options)
 
 
-def _strengths(rows: list[CellRecord], options: ReportOptions) -> dict[str, float]:
-    strengths = {r.target: strength_of(r) for r in options.all_rows.get("alignment", [])}
-    for row in rows:
-        strengths.setdefault(row.target, strength_of(row))
-    return {target: s for target, s in strengths.items() if s is not None}
-
-
 def _section(title: str, rows: list[CellRecord], options: ReportOptions) -> Section:
     from alignparadox.report.html import Markup, redact
 
-    strengths = _strengths(rows, options)
+    strengths = alignment_strengths(options, rows)
     rows = sorted(rows, key=lambda r: (strengths.get(r.target) is None,
                                        strengths.get(r.target, 0), r.target))
     body = []

@@ -50,8 +50,8 @@ def axis_of(request: world.WorldRequest) -> str | None:
     return {world.HARMFUL: REFUSAL_AXIS, world.STANCE: STANCE_AXIS}.get(request.kind)
 
 
-def ground_truth_pairs(requests: Sequence[world.WorldRequest], seed: int = 0) -> list[EditPair]:
-    """The world's own (aligned, misaligned) answers (`seed` kept for a stable signature)."""
+def ground_truth_pairs(requests: Sequence[world.WorldRequest]) -> list[EditPair]:
+    """The world's own (aligned, misaligned) answers."""
     pairs = []
     for request in requests:
         if axis_of(request) is None:

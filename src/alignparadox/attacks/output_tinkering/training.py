@@ -224,6 +224,8 @@ def fit_editor(pairs: Sequence[EditPair], config: EditorConfig | None = None, *,
     with torch.random.fork_rng():
         model, tokenizer, lora = _new_model(config)
         examples = _encode(pairs, tokenizer, _context_length(model, config))
+        if checkpoint_dir is not None:  # only once the pairs are known to be trainable
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
         device = next(model.parameters()).device
         optimizer = torch.optim.AdamW(_trainable(model).values(), lr=config.learning_rate,
                                       weight_decay=0.01)
@@ -271,8 +273,7 @@ def train_editor(pairs: Sequence[EditPair], out_dir: str | Path,
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} already exists and is not empty; choose a new folder.")
-    work = out_dir.parent / f".{out_dir.name}.training"
-    work.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.training"  # made by fit_editor
     model, tokenizer, final_loss = fit_editor(pairs, config, checkpoint_dir=work,
                                               progress=progress)
     staging = Path(tempfile.mkdtemp(prefix="editor-", dir=work))
