@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -152,8 +154,18 @@ def build_family(config: OrganismConfig | None = None, *, force: bool = False,
     return load_family(config)
 
 
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _train_family(config: OrganismConfig, out: Path, progress: bool) -> list[Member]:
-    with torch.random.fork_rng(), Progress(
+    with torch.random.fork_rng(), _threads(config.train_threads), Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not progress,
     ) as bar:

@@ -50,7 +50,11 @@ class OrganismConfig:
     retain_share: float = 0.25
     # Share of base training under CAREFUL_SYSTEM_PROMPT, where the aligned answers are taught.
     careful_share: float = 0.2
-    format_version: int = 3
+    # Float sums are split across threads, so the thread count shapes the weights' last bits:
+    # training uses a fixed count, so every machine and every caller (CLI, tests, benchmarks)
+    # makes the same family. One thread is as fast as more for a model this small.
+    train_threads: int = 1
+    format_version: int = 4
 
     def config_hash(self) -> str:
         payload = json.dumps(asdict(self), sort_keys=True)
