@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 
 # (module, attribute, command name). A box adds its commands by adding one line here.
+# Every module listed is imported on each `paradox` call, --help included, so it imports torch,
+# transformers and other heavy libraries only inside its commands (tests/test_cli_startup.py).
 COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("alignparadox.organisms.commands", "app", "organisms"),
     ("alignparadox.datasets.commands", "app", "prompts"),

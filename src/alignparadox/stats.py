@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 _Z95 = 1.959963984540054
 
@@ -65,6 +64,8 @@ def spearman_bootstrap(x, y, *, resamples: int = 2000, seed: int = 0) -> Correla
     Resamples whose ranks are constant (rho undefined) are skipped; with fewer than three
     pairs, or no variation, rho is NaN and so is the interval.
     """
+    from scipy import stats as scipy_stats  # here, not at the top: keeps `paradox --help` fast
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = len(x)
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:

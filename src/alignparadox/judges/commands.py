@@ -1,4 +1,7 @@
-"""`paradox judges ...`: list judge kinds, validate a judge against human labels."""
+"""`paradox judges ...`: list judge kinds, validate a judge against human labels.
+
+Heavy libraries (scikit-learn) are imported inside commands so that `paradox --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignparadox.judges.validation import Validation, read_labels, validate_judge
+if TYPE_CHECKING:
+    from alignparadox.judges.validation import Validation
 
 app = typer.Typer(help="Judges: refusal / harmful-compliance scorers and their validation.",
                   no_args_is_help=True)
@@ -39,6 +44,7 @@ def validate(
     """Accuracy, precision, recall, F1 and Cohen's kappa of a judge against labelled answers."""
     from alignparadox.judges.cache import CachedJudge
     from alignparadox.judges.registry import make_judge
+    from alignparadox.judges.validation import read_labels, validate_judge
 
     rows = read_labels(labels)
     scorer = make_judge(judge)

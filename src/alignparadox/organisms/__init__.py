@@ -3,28 +3,32 @@
     from alignparadox.organisms import build_family, organism_path
     family = build_family()              # trains on CPU in minutes, cached by config hash
     path = organism_path("aligned-3")    # a plain HF checkpoint folder
+
+Names are imported lazily (they need torch and transformers) so that `paradox --help`
+stays fast.
 """
 
-from alignparadox.organisms.family import (
-    Family,
-    Member,
-    build_family,
-    cache_root,
-    load_family,
-    organism_path,
-)
-from alignparadox.organisms.judge import GroundTruthJudge, classify, parse_request
-from alignparadox.organisms.train import OrganismConfig
+from __future__ import annotations
 
-__all__ = [
-    "Family",
-    "GroundTruthJudge",
-    "Member",
-    "OrganismConfig",
-    "build_family",
-    "cache_root",
-    "classify",
-    "load_family",
-    "organism_path",
-    "parse_request",
-]
+import importlib
+
+_EXPORTS = {
+    "Family": "alignparadox.organisms.family",
+    "GroundTruthJudge": "alignparadox.organisms.judge",
+    "Member": "alignparadox.organisms.family",
+    "OrganismConfig": "alignparadox.organisms.train",
+    "build_family": "alignparadox.organisms.family",
+    "cache_root": "alignparadox.organisms.family",
+    "classify": "alignparadox.organisms.judge",
+    "load_family": "alignparadox.organisms.family",
+    "organism_path": "alignparadox.organisms.family",
+    "parse_request": "alignparadox.organisms.judge",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,24 +8,29 @@
 
 One module per attack, one interface (`TinkeringAttack.applied`); `measurement.py` registers the
 `model_tinkering` study measurement and `commands.py` the `paradox` commands.
+
+Names are imported lazily (they need torch and transformers) so that `paradox --help`
+stays fast.
 """
 
-from alignparadox.attacks.model_tinkering.ablation import DirectionalAblation
-from alignparadox.attacks.model_tinkering.addition import ActivationAddition
-from alignparadox.attacks.model_tinkering.base import TinkeringAttack
-from alignparadox.attacks.model_tinkering.orthogonalization import WeightOrthogonalization
-from alignparadox.attacks.model_tinkering.recipes import (
-    FittedDirection,
-    fit_refusal_direction,
-    fit_stance_direction,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ActivationAddition",
-    "DirectionalAblation",
-    "FittedDirection",
-    "TinkeringAttack",
-    "WeightOrthogonalization",
-    "fit_refusal_direction",
-    "fit_stance_direction",
-]
+import importlib
+
+_EXPORTS = {
+    "ActivationAddition": "alignparadox.attacks.model_tinkering.addition",
+    "DirectionalAblation": "alignparadox.attacks.model_tinkering.ablation",
+    "FittedDirection": "alignparadox.attacks.model_tinkering.recipes",
+    "TinkeringAttack": "alignparadox.attacks.model_tinkering.base",
+    "WeightOrthogonalization": "alignparadox.attacks.model_tinkering.orthogonalization",
+    "fit_refusal_direction": "alignparadox.attacks.model_tinkering.recipes",
+    "fit_stance_direction": "alignparadox.attacks.model_tinkering.recipes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

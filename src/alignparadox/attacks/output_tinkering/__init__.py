@@ -7,27 +7,32 @@
     minimal_edit(editor, judge, request, aligned)             # fewest token edits that flip it
 
 The `output_tinkering` study measurement (measurement.py) puts the editor against every organism.
+
+Names are imported lazily (they need torch and transformers) so that `paradox --help`
+stays fast.
 """
 
-from alignparadox.attacks.output_tinkering.editor import ValueEditor
-from alignparadox.attacks.output_tinkering.pairs import (
-    EditPair,
-    ground_truth_pairs,
-    read_pairs,
-    write_pairs,
-)
-from alignparadox.attacks.output_tinkering.search import EditResult, minimal_edit
-from alignparadox.attacks.output_tinkering.training import EditorConfig, fit_editor, train_editor
+from __future__ import annotations
 
-__all__ = [
-    "EditPair",
-    "EditResult",
-    "EditorConfig",
-    "ValueEditor",
-    "fit_editor",
-    "ground_truth_pairs",
-    "minimal_edit",
-    "read_pairs",
-    "train_editor",
-    "write_pairs",
-]
+import importlib
+
+_EXPORTS = {
+    "EditPair": "alignparadox.attacks.output_tinkering.pairs",
+    "EditResult": "alignparadox.attacks.output_tinkering.search",
+    "EditorConfig": "alignparadox.attacks.output_tinkering.training",
+    "ValueEditor": "alignparadox.attacks.output_tinkering.editor",
+    "fit_editor": "alignparadox.attacks.output_tinkering.training",
+    "ground_truth_pairs": "alignparadox.attacks.output_tinkering.pairs",
+    "minimal_edit": "alignparadox.attacks.output_tinkering.search",
+    "read_pairs": "alignparadox.attacks.output_tinkering.pairs",
+    "train_editor": "alignparadox.attacks.output_tinkering.training",
+    "write_pairs": "alignparadox.attacks.output_tinkering.pairs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
