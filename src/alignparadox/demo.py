@@ -13,17 +13,20 @@ import typer
 from rich.console import Console
 
 # Demo-sized settings per measurement: enough requests for intervals that mean something,
-# small enough for two CPU cores. A measurement that is not installed is skipped.
+# small enough for two CPU cores. A measurement that is not installed is skipped. Organisms are
+# so small that a decoding step costs about the same for 32 rows as for 128, so generating
+# measurements take whole prompt sets in one batch (4-5x faster; greedy answers are the same).
+WIDE = {"batch_size": 128}
 DEMO_SETTINGS: dict[str, dict] = {
-    "alignment": {"n_per_kind": 200},
+    "alignment": {"n_per_kind": 200, **WIDE},
     "judge_agreement": {},
-    "geometry": {},
-    "model_tinkering": {"n_per_kind": 32},
-    "templates": {"n_requests": 8, "n_templates": 6},
-    "best_of_n": {"n_requests": 8, "n": 32},
+    "geometry": WIDE,
+    "model_tinkering": {"n_per_kind": 32, **WIDE},
+    "templates": {"n_requests": 8, "n_templates": 6, **WIDE},
+    "best_of_n": {"n_requests": 8, "n": 32, **WIDE},
     "pair": {"n_requests": 6, "streams": 2, "rounds": 2},
     "gcg": {"n_requests": 3, "num_steps": 10, "search_width": 64},
-    "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80},
+    "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80, **WIDE},
 }
 # Measurements that need a public prompt set on disk (not bundled: see the README).
 NEEDS_PUBLIC_DATA = {"templates"}
