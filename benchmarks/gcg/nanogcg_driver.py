@@ -2,7 +2,12 @@
 
 Runs inside benchmarks/.venvs/nanogcg (transformers <= 4.47), started by benchmarks/gcg/run.py:
 
-    python nanogcg_driver.py JOB.json   ->   {"runs": [{"best_string", "losses", "seconds"}]}
+    python nanogcg_driver.py JOB.json
+      ->   {"runs": [{"best_string", "losses", "seconds", "step_seconds"}]}
+
+Per-step times come from the start of each step's gradient computation (nanoGCG's first call in
+its step loop) to the next one, and to the end of the run for the last step, so set-up (prefix
+cache, initial buffer) is left out, as in alignparadox's own `GCGResult.step_seconds`.
 
 Checkpoints saved by transformers 5 name the tokenizer class "TokenizersBackend", which 4.47
 does not know; the tokenizer is the same `tokenizer.json`, so it is loaded as a
@@ -13,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import nanogcg
@@ -30,8 +36,21 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def record_step_starts(starts: list[float]) -> None:
+    """Note the time whenever nanoGCG starts a step (it begins with the token gradient)."""
+    gradient = nanogcg.gcg.GCG.compute_token_gradient
+
+    def timed(self, *args, **kwargs):
+        starts.append(time.perf_counter())
+        return gradient(self, *args, **kwargs)
+
+    nanogcg.gcg.GCG.compute_token_gradient = timed
+
+
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
+    starts: list[float] = []
+    record_step_starts(starts)
     torch.set_num_threads(job["threads"])
     folder = Path(job["model"])
     tokenizer = load_tokenizer(folder)
@@ -42,11 +61,15 @@ def main() -> None:
         config = nanogcg.GCGConfig(
             num_steps=steps, optim_str_init=job["suffix_init"], search_width=job["search_width"],
             topk=job["topk"], seed=job["seed"], early_stop=job["early_stop"], verbosity="ERROR")
+        starts.clear()
         started = time.perf_counter()
         result = nanogcg.run(model, tokenizer, request + job["separator"] + "{optim_str}", target,
                              config)
+        ended = time.perf_counter()
+        bounds = [*starts, ended]
         runs.append({"best_string": result.best_string, "losses": result.losses,
-                     "seconds": time.perf_counter() - started})
+                     "seconds": ended - started,
+                     "step_seconds": [b - a for a, b in pairwise(bounds)]})
     print(json.dumps({"runs": runs}))
 
 
