@@ -55,6 +55,10 @@ class Correlation:
         return {"rho": self.rho, "low": self.low, "high": self.high, "n": self.n}
 
     def __str__(self) -> str:
+        if self.n < 3:
+            return f"n={self.n}: too few targets"
+        if math.isnan(self.rho):
+            return f"n={self.n}: undefined, a value does not vary"
         return f"{self.rho:+.2f} [{self.low:+.2f}, {self.high:+.2f}] (n={self.n})"
 
 
@@ -62,7 +66,8 @@ def spearman_bootstrap(x, y, *, resamples: int = 2000, seed: int = 0) -> Correla
     """Spearman's rho of paired values and a bootstrap 95% interval over the pairs.
 
     Resamples whose ranks are constant (rho undefined) are skipped; with fewer than three
-    pairs, or no variation, rho is NaN and so is the interval.
+    pairs, or no variation, rho is NaN and so is the interval. All resamples are ranked and
+    correlated at once (Spearman's rho = Pearson's r of average ranks).
     """
     from scipy import stats as scipy_stats  # here, not at the top: keeps `paradox --help` fast
 
@@ -71,15 +76,15 @@ def spearman_bootstrap(x, y, *, resamples: int = 2000, seed: int = 0) -> Correla
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return Correlation(float("nan"), float("nan"), float("nan"), n)
     rho = float(scipy_stats.spearmanr(x, y).statistic)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        index = rng.integers(0, n, n)
-        xs, ys = x[index], y[index]
-        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
-            continue
-        draws.append(scipy_stats.spearmanr(xs, ys).statistic)
-    if not draws:
+    index = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    xs, ys = x[index], y[index]
+    varies = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
+    if not varies.any():
         return Correlation(rho, float("nan"), float("nan"), n)
+    rx = scipy_stats.rankdata(xs[varies], axis=1)
+    ry = scipy_stats.rankdata(ys[varies], axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    draws = (rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
     low, high = np.percentile(draws, [2.5, 97.5])
     return Correlation(rho, float(low), float(high), n)

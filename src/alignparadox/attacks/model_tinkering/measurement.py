@@ -292,9 +292,7 @@ def correlation_rows(strengths: dict[str, tuple[float | None, float | None]],
             if len(pairs) < 3:
                 cells.append(f"n={len(pairs)}: too few targets")
                 continue
-            correlation = spearman_bootstrap(*zip(*pairs, strict=True))
-            cells.append(f"n={len(pairs)}: undefined, a value does not vary"
-                         if math.isnan(correlation.rho) else str(correlation))
+            cells.append(str(spearman_bootstrap(*zip(*pairs, strict=True))))
         rows.append(cells)
     return rows
 
