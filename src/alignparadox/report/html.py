@@ -120,6 +120,8 @@ def figure(fig: Figure, alt: str, *, caption: str | None = None, dpi: int = 110)
 
     Build figures with `matplotlib.figure.Figure()` (no pyplot state, no display needed).
     """
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")  # side-by-side panels' labels never overlap
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
