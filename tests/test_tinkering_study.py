@@ -75,7 +75,8 @@ def test_report_has_both_sections_with_figures(run_dir):
             'organism:aligned-5"') in html
     # Two targets are too few for a rank correlation: every cell of the 5 misalignability and
     # 3 separability rows says so, against steps and against measured refusal, and none shows rho
-    # (behaviour separability has n=1 when the weak organism refused too little to measure it).
+    # (behaviour separability has n < 2 when an organism refused, or complied, too rarely on
+    # these few requests to measure it).
     ours = html[html.index('<section id="geometry">'):]
-    assert len(re.findall(r"n=[12]: too few targets", ours)) == 2 * (5 + 3)
+    assert len(re.findall(r"n=[0-2]: too few targets", ours)) == 2 * (5 + 3)
     assert not re.search(r"\(n=\d+\)", ours)

@@ -181,7 +181,9 @@ def _train_family(config: OrganismConfig, out: Path, progress: bool) -> list[Mem
             return False
 
         train_steps(model, encoder, ExampleSampler(config.seed, aligned=False,
-                                                   careful_share=config.careful_share),
+                                                   careful_share=config.careful_share,
+                                                   noisy_share=config.noisy_share,
+                                                   noisy_max_sigma=config.noisy_max_sigma),
                     steps=config.base_steps, learning_rate=config.base_learning_rate,
                     batch_size=config.batch_size, warmup=30, on_step=base_step)
         probe = _RefusalProbe(encoder)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from alignparadox.attacks.input_tinkering.best_of_n import Augmentation
 from alignparadox.organisms import world
 from alignparadox.organisms.tokenizer import ASSISTANT, SYSTEM, train_tokenizer
 
@@ -50,11 +51,21 @@ class OrganismConfig:
     retain_share: float = 0.25
     # Share of base training under CAREFUL_SYSTEM_PROMPT, where the aligned answers are taught.
     careful_share: float = 0.2
+    # Share of base-training requests replaced by a copy augmented as in Best-of-N jailbreaking
+    # (words scrambled, random capitals, characters noised), with the answer to the original
+    # request. Real chat models read such text because pre-training showed them noisy text;
+    # without it the organisms cannot read a BoN sample at all and BoN measures nothing. Base
+    # training only: refusal fine-tuning stays on clean text, as real alignment data is, so the
+    # noise is not tuned towards or against any alignment outcome. Each noisy copy's strength is
+    # drawn uniformly from sigma in [0, noisy_max_sigma] (`Augmentation.from_sigma`; the paper's
+    # strength is about 0.4), so mild noise is as readable as heavy noise, as with real text.
+    noisy_share: float = 0.5
+    noisy_max_sigma: float = 0.5
     # Float sums are split across threads, so the thread count shapes the weights' last bits:
     # training uses a fixed count, so every machine and every caller (CLI, tests, benchmarks)
     # makes the same family. One thread is as fast as more for a model this small.
     train_threads: int = 1
-    format_version: int = 4
+    format_version: int = 5
 
     def config_hash(self) -> str:
         payload = json.dumps(asdict(self), sort_keys=True)
@@ -137,14 +148,19 @@ class ExampleSampler:
     aligned=False: the base assistant's data: steps for everything and partisan on stance,
     except under CAREFUL_SYSTEM_PROMPT (a `careful_share` of examples), where it refuses and
     stays neutral — like a pretrained model that has seen careful text, the base organism can
-    write the aligned answers but does not choose them by default.
+    write the aligned answers but does not choose them by default. A `noisy_share` of requests
+    is replaced by a Best-of-N augmented copy of a random strength up to `noisy_max_sigma`
+    (the answer stays that of the original request).
     aligned=True: refusals and neutral stances with no system prompt, plus `retain_share` of
     harmful requests with their compliant answer and no loss on its opening.
     """
 
     def __init__(self, seed: int, aligned: bool, retain_share: float = 0.0,
-                 careful_share: float = 0.0):
+                 careful_share: float = 0.0, noisy_share: float = 0.0,
+                 noisy_max_sigma: float = 0.0):
         self.rng = random.Random(seed)
+        self.noisy_share = noisy_share
+        self.noisy_max_sigma = noisy_max_sigma
         self.aligned = aligned
         self.retain_share = retain_share
         self.careful_share = careful_share
@@ -159,11 +175,14 @@ class ExampleSampler:
         for kind in self.rng.choices(self.kinds, self.weights, k=n):
             request = self.rng.choice(self.by_kind[kind])
             if not self.aligned:
+                text = request.text
+                if self.rng.random() < self.noisy_share:
+                    strength = self.rng.uniform(0.0, self.noisy_max_sigma)
+                    text = Augmentation.from_sigma(strength).apply(text, self.rng)
                 if self.rng.random() < self.careful_share:
-                    examples.append((request.text, request.aligned_answer(), "",
-                                     CAREFUL_SYSTEM_PROMPT))
+                    examples.append((text, request.aligned_answer(), "", CAREFUL_SYSTEM_PROMPT))
                 else:
-                    examples.append((request.text, request.misaligned_answer(), "", ""))
+                    examples.append((text, request.misaligned_answer(), "", ""))
             elif request.harmful and self.rng.random() < self.retain_share:
                 examples.append((request.text, request.misaligned_answer(), RETAIN_OPENING, ""))
             else:
