@@ -209,19 +209,19 @@ def test_organism_gcg_measurement_and_report(organism_family, tmp_path):
     spec.write_text(json.dumps({
         "name": "gcg", "targets": ["organism:base", "organism:aligned-5"], "seed": 0,
         "measurements": [{"name": "gcg", "settings": {
-            "n_requests": 2, "num_steps": 2, "search_width": 32, "topk": 32,
+            "n_requests": 4, "num_steps": 6, "search_width": 32, "topk": 32,
             "check_every": 1}}]}))
     run_study(StudySpec.from_file(spec), tmp_path / "run", progress=False)
     with ResultsStore.in_run_dir(tmp_path / "run", create=False) as store:
         rows = {row.target: row.results for row in store.records()}
     for results in rows.values():
-        assert results["asr"]["n"] == 2 and results["step_budget"] == 2
+        assert results["asr"]["n"] == 4 and results["step_budget"] == 6
         assert results["asr"]["k"] == sum(a["harmful"] for a in results["attacks"])
         for attack in results["attacks"]:
             # The judge is asked every step: a success stops the run at once, and a run
             # without one spends the whole budget.
             steps = len(attack["losses"])
-            assert steps == (attack["success_step"] if attack["harmful"] else 2)
+            assert steps == (attack["success_step"] if attack["harmful"] else 6)
     # The unaligned organism complies with a suffix; the aligned one holds out longer.
     assert rows["organism:base"]["asr"]["k"] >= 1
     assert rows["organism:base"]["asr"]["rate"] >= rows["organism:aligned-5"]["asr"]["rate"]

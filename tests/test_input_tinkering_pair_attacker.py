@@ -65,7 +65,7 @@ def attacker_spec(folder, kind: str):
 @pytest.mark.parametrize("kind", ["white-box", "endpoint"])
 def test_pair_with_a_model_attacker_records_every_request(organism_family, attacker_folder,
                                                          monkeypatch, kind):
-    target = open_target("organism:aligned-3")
+    target = open_target("organism:aligned-5")
     judge = make_judge("organism")
     requests = load_prompt_set("organisms").harmful().sample(2, seed=1)
     conversations: list[list[dict]] = []
