@@ -1,6 +1,6 @@
 """How long does the organism family take to build from an empty cache?
 
-    python benchmarks/organisms/run.py [--seed 0] [--threads N]
+    python benchmarks/organisms/run.py [--seed 0]
 
 Trains base + aligned family into a temporary cache (the user's cache is untouched), prints the
 wall time per phase-independent total against the 5-minute goal on two CPU cores, and the
@@ -19,13 +19,8 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args()
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from alignparadox.organisms import OrganismConfig, build_family
 
     with tempfile.TemporaryDirectory() as cache:
@@ -33,7 +28,8 @@ def main() -> None:
         started = time.perf_counter()
         family = build_family(OrganismConfig(seed=args.seed), progress=True)
         seconds = time.perf_counter() - started
-    print(f"\nthreads: {torch.get_num_threads()}  cores: {os.cpu_count()}")
+    print(f"\ntraining threads: {OrganismConfig().train_threads} (fixed, for identical weights "
+          f"everywhere)  cores: {os.cpu_count()}")
     print(f"family built from an empty cache in {seconds:.1f} s "
           f"({seconds / 300:.2f}x the 5-minute goal)")
     for member in family.members:
