@@ -6,7 +6,7 @@ importing torch and transformers until a target is actually opened.
 
 from __future__ import annotations
 
-import importlib
+from alignparadox.lazy import lazy_getattr
 
 _EXPORTS = {
     "Generation": "alignparadox.targets.whitebox",
@@ -23,7 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -15,7 +15,7 @@ stays fast.
 
 from __future__ import annotations
 
-import importlib
+from alignparadox.lazy import lazy_getattr
 
 _EXPORTS = {
     "ActivationAddition": "alignparadox.attacks.model_tinkering.addition",
@@ -30,7 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,0 +1,22 @@
+"""Lazy package exports: a package names what it offers, and each name is imported on first use.
+
+Boxes whose contents need torch or transformers export this way, so that importing the
+package (as `paradox --help` does for every command group) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module-level `__getattr__` for `package` serving `exports` (name -> defining module)."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
