@@ -48,10 +48,14 @@ from alignparadox.study.store import CellRecord
 HALF = 0.5
 SAMPLES_PER_CONDITION = 2
 
-# Settings of the direction recipes, shared with the `geometry` measurement.
+# Settings of the direction recipes, shared with the `geometry` measurement. A study compares
+# separability across models, so by default every model is measured at the same token position
+# (the last prompt token): letting selection pick the position per model would mix that choice
+# into the comparison (on the organisms, position -2 states separate ~100x less than -1 ones).
+# A list of several positions makes position part of the selection again.
 DIRECTION_DEFAULTS: dict[str, Any] = {
     "fit_set": "organisms-train", "select_set": "organisms-validation", "n_fit": 64,
-    "n_select": 32, "positions": [-1, -2],
+    "n_select": 32, "positions": [-1],
 }
 
 _FITTED: dict[str, tuple[FittedDirection, FittedDirection]] = {}
