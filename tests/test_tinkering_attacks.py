@@ -38,18 +38,23 @@ def logits(target) -> torch.Tensor:
     return target.next_token_logits(PROMPTS)
 
 
+def residual_shift(target, attack, layer: int) -> torch.Tensor:
+    """How `attack` moves the residual stream at `layer` on PROMPTS."""
+    batch = target.encode(PROMPTS)
+    with torch.no_grad(), capture(target.model, [layer]) as plain:
+        target.model(**batch)
+        before = plain[layer].clone()
+    with torch.no_grad(), attack.applied(target), capture(target.model, [layer]) as steered:
+        target.model(**batch)
+        return steered[layer] - before
+
+
 def test_addition_adds_alpha_times_mean_norm_along_the_direction(target):
     direction = direction_for(target)
     attack = ActivationAddition(direction, alpha=-0.5)
     assert attack.coefficient == pytest.approx(-1.5)
-    batch = target.encode(PROMPTS)
-    with torch.no_grad(), capture(target.model, [2]) as plain:
-        target.model(**batch)
-        before = plain[2].clone()
-    with torch.no_grad(), attack.applied(target), capture(target.model, [2]) as steered:
-        target.model(**batch)
-        after = steered[2].clone()
-    assert torch.allclose(after - before, -1.5 * direction.vector.expand_as(before), atol=1e-5)
+    shift = residual_shift(target, attack, layer=2)
+    assert torch.allclose(shift, -1.5 * direction.vector.expand_as(shift), atol=1e-5)
     with ActivationAddition(direction, alpha=0.0).applied(target) as same:
         unchanged = logits(same)
     assert torch.allclose(unchanged, logits(target), atol=1e-6)
@@ -61,14 +66,8 @@ def test_addition_at_another_layer_is_scaled_by_the_norm_there(target):
                          metadata={"mean_norm": 3.0, "mean_norm_by_layer": {"1": 5.0, "2": 3.0}})
     attack = ActivationAddition(by_layer, alpha=-0.5, layer=1)
     assert attack.coefficient == pytest.approx(-2.5)
-    batch = target.encode(PROMPTS)
-    with torch.no_grad(), capture(target.model, [1]) as plain:
-        target.model(**batch)
-        before = plain[1].clone()
-    with torch.no_grad(), attack.applied(target), capture(target.model, [1]) as steered:
-        target.model(**batch)
-        after = steered[1].clone()
-    assert torch.allclose(after - before, -2.5 * direction.vector.expand_as(before), atol=1e-5)
+    shift = residual_shift(target, attack, layer=1)
+    assert torch.allclose(shift, -2.5 * direction.vector.expand_as(shift), atol=1e-5)
     # Layer 3's norm is not recorded, nor any layer but its own for `direction`: no scale.
     for unscaled in (ActivationAddition(by_layer, alpha=1.0, layer=3),
                      ActivationAddition(direction, alpha=1.0, layer=1)):
