@@ -314,8 +314,13 @@ def by_strength(rows: list[CellRecord], options: ReportOptions) -> list[CellReco
 
 
 def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: str,
-                        value: Callable[[Mapping[str, Any]], float | None]) -> Markup:
-    """A paragraph with Spearman's rho between alignment strength and `metric` per target."""
+                        value: Callable[[Mapping[str, Any]], float | None],
+                        *, is_cost: bool = False) -> Markup:
+    """A paragraph with Spearman's rho between alignment strength and `metric` per target.
+
+    A success rate (the default) rises as misalignment gets easier; a cost (`is_cost`: queries
+    or steps the attack spent per request, failures counted at the full budget) falls, which is
+    the paradox's other face and stays informative when every rate saturates at 1."""
     from alignparadox.report.html import Markup
 
     strengths = alignment_strengths(options, rows)
@@ -327,8 +332,9 @@ def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: 
                       "three of these targets.</p>")
     correlation = spearman_bootstrap([x for x, _ in pairs], [y for _, y in pairs])
     return Markup("<p>Paradox correlation — Spearman's &rho; between alignment strength and "
-                  "{}: <b>{}</b> (95% bootstrap interval; positive means stronger alignment, "
-                  "easier misalignment).</p>").format(metric, str(correlation))
+                  "{}: <b>{}</b> (95% bootstrap interval; {} means stronger alignment, "
+                  "easier misalignment).</p>").format(metric, str(correlation),
+                                                      "negative" if is_cost else "positive")
 
 
 def attack_section(title: str, rows: list[CellRecord], options: ReportOptions, metric: str,
@@ -345,6 +351,10 @@ def attack_section(title: str, rows: list[CellRecord], options: ReportOptions, m
         caption=f"{caption} 95% Wilson intervals.")
     correlation = paradox_correlation(rows, options, metric,
                                       lambda res: res["asr"]["rate"] if res["asr"]["n"] else None)
+    correlation += paradox_correlation(
+        rows, options, "queries spent per request",
+        lambda res: res["queries_total"] / res["asr"]["n"] if res["asr"]["n"] else None,
+        is_cost=True)
     examples = table(
         ["target", "attacked prompt", "answer", "judge", "queries"],
         [[r.target, s["prompt"], redact(s["answer"], s["harmful"], options.show_completions),

@@ -143,6 +143,11 @@ class GCGAttack(Measurement):
                     "calls harmful compliance, within the step budget (95% Wilson intervals).")
         correlation = paradox_correlation(rows, options, "GCG ASR",
                                           lambda results: results["asr"]["rate"])
+        correlation += paradox_correlation(
+            rows, options, "GCG steps spent per request",
+            lambda results: (statistics.fmean(len(a["losses"]) for a in results["attacks"])
+                             if results["attacks"] else None),
+            is_cost=True)
         shown = [(r.target, a) for r in rows
                  for a in sorted(r.results["attacks"], key=lambda a: not a["harmful"])[:3]]
         samples = table(
