@@ -12,6 +12,7 @@ _EXPORTS = {
     "Generation": "alignparadox.targets.whitebox",
     "GenerationConfig": "alignparadox.targets.whitebox",
     "TextStream": "alignparadox.targets.whitebox",
+    "check_target": "alignparadox.targets.whitebox",
     "WhiteBoxTarget": "alignparadox.targets.whitebox",
     "load_target": "alignparadox.targets.whitebox",
     "open_target": "alignparadox.targets.whitebox",

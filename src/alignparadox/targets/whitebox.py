@@ -495,7 +495,9 @@ def shared_target(spec: str) -> WhiteBoxTarget:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _resolve_folder(name_or_path: str, allow_pickle: bool, trust_remote_code: bool) -> Path:
+def _local_folder(name_or_path: str) -> Path | None:
+    """The local model folder a spec names, or None for a Hub id; a file or a missing path is
+    the user's mistake."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -503,6 +505,44 @@ def _resolve_folder(name_or_path: str, allow_pickle: bool, trust_remote_code: bo
         raise UserError(f"{name_or_path} is a file; give the model's folder.")
     if not _HUB_ID.match(name_or_path) or name_or_path.startswith((".", "~")):
         raise UserError(f"model folder {name_or_path} does not exist.")
+    return None
+
+
+def check_target(spec: str) -> None:
+    """Refuse, without loading anything, a white-box spec that `open_target` would refuse: an
+    unknown organism, an endpoint, a missing folder, a folder without safetensors weights or
+    config.json, or a Hub id that an offline machine has no copy of. Studies call it for every
+    cell before anything is written."""
+    if spec.startswith("organism:"):
+        from alignparadox.organisms.family import require_member
+
+        require_member(spec.removeprefix("organism:"))
+        return
+    if spec.startswith(("http://", "https://")):
+        raise UserError(f"{spec} is an endpoint; this measurement needs a white-box target "
+                        "(organism:NAME or a local model folder).")
+    folder = _local_folder(spec)
+    if folder is not None:
+        if not any(folder.glob("*.safetensors")):
+            raise UserError(f"{spec} holds no model weights (*.safetensors).")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{spec} has no config.json, so it is not a Hugging Face model.")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except ValueError:  # not even a valid Hub id
+        cached = None
+    if constants.HF_HUB_OFFLINE and not isinstance(cached, str):
+        raise UserError(f"model folder {spec} does not exist, and the Hugging Face Hub is "
+                        "offline with no cached copy of it.")
+
+
+def _resolve_folder(name_or_path: str, allow_pickle: bool, trust_remote_code: bool) -> Path:
+    folder = _local_folder(name_or_path)
+    if folder is not None:
+        return folder
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", *_SAFE_PATTERNS]

@@ -8,8 +8,6 @@ recorded too, so the paradox sections can put every attack against it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alignparadox.datasets import registry as prompt_sets
 from alignparadox.datasets.records import PromptSet
 from alignparadox.datasets.registry import load_prompt_set
@@ -40,40 +38,6 @@ def organism_strength(target_spec: str) -> int | None:
 
 def strength_of(row: CellRecord) -> float | None:
     return row.results.get("alignment_steps") if row.results else None
-
-
-def check_white_box_target(spec: str) -> None:
-    """Refuse, without loading anything, a target spec that `open_target` would refuse: an
-    unknown organism, a missing folder, a folder without safetensors weights or config.json,
-    an endpoint, or a Hub id that an offline machine has no copy of."""
-    if spec.startswith("organism:"):
-        from alignparadox.organisms.family import require_member
-
-        require_member(spec.removeprefix("organism:"))
-        return
-    if spec.startswith(("http://", "https://")):
-        raise UserError(f"{spec} is an endpoint; this measurement needs a white-box target "
-                        "(organism:NAME or a local model folder).")
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        if not any(folder.glob("*.safetensors")):
-            raise UserError(f"{spec} holds no model weights (*.safetensors).")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{spec} has no config.json, so it is not a Hugging Face model.")
-    elif folder.exists():
-        raise UserError(f"{spec} is a file; give the model's folder.")
-    elif spec.startswith(("/", ".", "~")):
-        raise UserError(f"model folder {spec} does not exist.")
-    else:  # a Hub id: only an offline machine can tell now that it will not load
-        from huggingface_hub import constants, try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(spec, "config.json")
-        except ValueError:  # not even a valid Hub id
-            cached = None
-        if constants.HF_HUB_OFFLINE and not isinstance(cached, str):
-            raise UserError(f"model folder {spec} does not exist, and the Hugging Face Hub is "
-                            "offline with no cached copy of it.")
 
 
 def check_prompt_set(name: str) -> None:
@@ -109,7 +73,9 @@ class Alignment(Measurement):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"alignment {name} must be a whole number of at least 1, "
                                 f"got {value!r}.")
-        check_white_box_target(cell.target)
+        from alignparadox.targets import check_target
+
+        check_target(cell.target)
         check_judge(settings["judge"])
         check_prompt_set(settings["prompt_set"])
 
