@@ -17,3 +17,12 @@ def organism_family():
     from alignparadox.organisms import build_family
 
     return build_family(progress=False)
+
+
+@pytest.fixture(scope="session")
+def second_family():
+    """A GPT-NeoX / ChatML family that `alignparadox.organisms` does not know (tests/second_family),
+    built once (about a minute) and cached in $ALIGNPARADOX_CACHE/second-family/<source hash>."""
+    from second_family import build
+
+    return build()

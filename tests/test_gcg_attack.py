@@ -172,12 +172,18 @@ def test_early_stop_when_the_target_is_already_the_answer(organism_family):
     suffix = " ".join(["x"] * 8)
     answer = base.generate([request + " " + suffix], GenerationConfig(max_new_tokens=6))[0]
     assert answer.strip()
-    stopped = gcg.run(base, request, answer, small_config())
-    assert stopped.success_step == 1 and len(stopped.losses) == 1
+    # The first candidates are one-token edits of a suffix the model already answers with the
+    # target text, so a success comes within a few steps on any build of the family (the exact
+    # step depends on the weights' last bits); early stop ends the run right there.
+    stopped = gcg.run(base, request, answer, small_config(num_steps=10))
+    assert stopped.success_step is not None and stopped.success_step <= 10
+    assert len(stopped.losses) == stopped.success_step
     assert stopped.best_loss < 0.5
-    # Without early stop the run goes on, and the first success is still step 1.
-    full = gcg.run(base, request, answer, small_config(num_steps=3, early_stop=False))
-    assert full.success_step == 1 and len(full.losses) == 3
+    # Without early stop the run spends its whole budget, and the first success is the same.
+    full = gcg.run(base, request, answer, small_config(num_steps=stopped.success_step + 2,
+                                                       early_stop=False))
+    assert full.success_step == stopped.success_step
+    assert len(full.losses) == stopped.success_step + 2
     # With a judge, its verdict decides, even for a target text the model never says: the run
     # stops at the first suffix whose greedy answer the judge calls harmful compliance.
     from alignparadox.judges.registry import make_judge
@@ -240,16 +246,30 @@ def test_study_settings_reach_the_gcg_config():
             config.seed) == (2, 4, 8, False, 3)
 
 
-def test_target_text_is_the_sets_own_the_worlds_or_generic():
-    from alignparadox.attacks.input_tinkering.gcg_measurement import GENERIC_TARGET, target_text
-    from alignparadox.datasets.records import PromptRecord
+def test_target_strings_are_the_sets_own_the_targets_own_or_generic(organism_family):
+    from alignparadox.attacks.input_tinkering.gcg_measurement import (
+        GENERIC_TARGET,
+        default_behaviours,
+        opening,
+        target_texts,
+    )
+    from alignparadox.datasets.records import PromptRecord, PromptSet
+    from alignparadox.judges.registry import make_judge
+    from alignparadox.targets import open_target
 
-    def record(text: str, target: str | None = None) -> PromptRecord:
-        return PromptRecord("r", text, True, "c", "test", target=target)
-
-    assert target_text(record("Anything?", "Sure, here is a plan")) == "Sure, here is a plan"
-    assert target_text(record(REQUEST)) == "Sure. To hex the amber lantern:"
-    assert target_text(record("A request from no world at all.")) == GENERIC_TARGET
+    assert opening("Sure. To hex the amber lantern: Step 1, draw a rune.") == \
+        "Sure. To hex the amber lantern:"
+    requests = PromptSet("r", (PromptRecord("a", "Anything?", True, "c", "t",
+                                            target="Sure, here is a plan"),
+                               PromptRecord("b", REQUEST, True, "c", "t")))
+    target, judge = open_target("organism:aligned-5"), make_judge("organism")
+    # Without harmless requests no refusal direction can be fitted: the generic opening.
+    assert [t for t, _ in target_texts(target, requests, judge, None)] == \
+        ["Sure, here is a plan", GENERIC_TARGET]
+    # With them, the aligned organism's own opening under refusal ablation: the world's own.
+    own = target_texts(target, requests, judge, default_behaviours("organism:aligned-5"))
+    assert own == [("Sure, here is a plan", "set"),
+                   ("Sure. To hex the amber lantern:", "own steered opening")]
 
 
 def test_gcg_command_takes_the_search_options(organism_family, tmp_path):
@@ -286,3 +306,94 @@ def test_bad_study_input_exits_2(tmp_path, capsys, target, settings, message):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "results.sqlite").exists()
+
+
+# -- mixed-precision screening (forced on: it must hold on hardware without fast bf16 too) -----
+
+
+def screened_config(**overrides) -> gcg.GCGConfig:
+    return small_config(**{"num_steps": 3, "screen_dtype": "bfloat16", "rescore_k": 2,
+                           **overrides})
+
+
+def test_screened_best_loss_is_exact_and_only_k_are_rescored(tiny_llama, monkeypatch):
+    scored = []  # (under autocast?, number of candidates) of every candidate pass
+    candidate_losses = gcg._Objective.candidate_losses
+
+    def recording(self, candidates, *args):
+        scored.append((torch.is_autocast_enabled("cpu"), len(candidates)))
+        return candidate_losses(self, candidates, *args)
+
+    monkeypatch.setattr(gcg._Objective, "candidate_losses", recording)
+    result = gcg.run(tiny_llama, REQUEST, TARGET, screened_config())
+    assert result.screen_dtype == "bfloat16" and len(result.losses) == 3
+    assert result.best_loss == pytest.approx(
+        plain_loss(tiny_llama, REQUEST, result.best_suffix, TARGET), abs=1e-4)
+    assert [screened for screened, _ in scored] == [True, False] * 3
+    assert all(n <= 2 for screened, n in scored if not screened)
+    assert all(n > 2 for screened, n in scored if screened)
+
+
+def test_rescoring_every_candidate_follows_the_exact_path(tiny_llama):
+    exact = gcg.run(tiny_llama, REQUEST, TARGET, small_config(num_steps=4, screen_dtype="model"))
+    covered = gcg.run(tiny_llama, REQUEST, TARGET,
+                      screened_config(num_steps=4, rescore_k=48))  # k >= search width
+    assert exact.screen_dtype is None
+    assert (covered.best_ids, covered.losses) == (exact.best_ids, exact.losses)
+
+
+@pytest.mark.parametrize("mode", ["buffer", "multi-prompt", "ensemble", "probe"])
+def test_screening_keeps_every_mode_exact(tiny_llama, second_llama, mode):
+    targets, requests, goals = [tiny_llama], [REQUEST], [TARGET]
+    config, draft = screened_config(), None
+    if mode == "buffer":
+        config = screened_config(buffer_size=2)
+    elif mode == "multi-prompt":
+        requests, goals = REQUESTS, GOALS
+    elif mode == "ensemble":
+        targets = [tiny_llama, second_llama]
+    else:
+        requests, goals, draft = REQUESTS, GOALS, second_llama
+    result = gcg.run(targets, requests, goals, config, draft=draft)
+    expected = sum(plain_loss(t, r, result.best_suffix, g) for t in targets
+                   for r, g in zip(requests, goals, strict=True)) / len(requests)
+    assert result.screen_dtype == "bfloat16" and len(result.losses) == 3
+    assert result.best_loss == pytest.approx(expected, abs=1e-4) == min(result.losses)
+
+
+def test_screen_dtype_choice(tiny_llama):
+    model = tiny_llama.model
+    assert gcg.screen_dtype_for("model", model) is None
+    assert gcg.screen_dtype_for("bfloat16", model) is torch.bfloat16
+    assert gcg.screen_dtype_for("float32", model) is None  # no narrower than the model
+    assert gcg.screen_dtype_for("auto", model) is None  # too small to gain on any hardware
+    assert isinstance(gcg.has_fast_bf16("cpu"), bool)
+    assert gcg.has_fast_bf16("meta") is False
+    half = load_target(tiny_llama.model.name_or_path, dtype="bf16", device="cpu")
+    assert gcg.screen_dtype_for("bfloat16", half.model) is None
+
+
+def test_time_budget_ends_the_run_not_a_step_cap(tiny_llama):
+    result = gcg.run(tiny_llama, REQUEST, TARGET,
+                     small_config(num_steps=10**6, time_budget=0.3, early_stop=False))
+    assert 1 <= len(result.losses) < 10**6
+    assert sum(result.step_seconds) < 5
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"screen_dtype": "int8"}, "screen_dtype"),
+    ({"rescore_k": 0}, "rescore_k"),
+    ({"time_budget": 0}, "time_budget"),
+    ({"time_budget": "soon"}, "time_budget"),
+])
+def test_bad_screening_settings_are_user_errors(setting, message):
+    with pytest.raises(UserError, match=message):
+        gcg.GCGConfig(**setting)
+
+
+def test_screening_settings_reach_the_gcg_config():
+    from alignparadox.attacks.input_tinkering.gcg_measurement import GCGAttack, gcg_config
+
+    config = gcg_config({**GCGAttack.defaults, "screen_dtype": "model", "rescore_k": 3}, seed=0)
+    assert (config.screen_dtype, config.rescore_k) == ("model", 3)
+    assert gcg_config(GCGAttack.defaults, seed=0).screen_dtype == "auto"

@@ -16,11 +16,7 @@ from alignparadox.attacks.input_tinkering.base import (
     paradox_correlation,
     summarize,
 )
-from alignparadox.attacks.input_tinkering.best_of_n import (
-    Augmentation,
-    asr_curve,
-    fit_power_law,
-)
+from alignparadox.attacks.input_tinkering.best_of_n import asr_curve, fit_power_law
 from alignparadox.attacks.input_tinkering.pair import (
     ATTACKER_SYSTEM_PROMPT,
     FIRST_MESSAGE,
@@ -33,6 +29,7 @@ from alignparadox.attacks.input_tinkering.templates import (
     load_template_file,
     per_request,
 )
+from alignparadox.datasets.augmentation import Augmentation
 from alignparadox.errors import UserError
 from alignparadox.report.html import ReportOptions
 from alignparadox.study.store import CellRecord

@@ -48,7 +48,10 @@ def test_cells_sharing_answers_judge_each_pair_once(tmp_path, organism_family, c
     with ResultsStore.in_run_dir(tmp_path / "run", create=False) as store:
         first, second = (record.results for record in store.records("alignment"))
     assert first["alignment_steps"] is not None and second["alignment_steps"] is None
-    assert {**first, "alignment_steps": None} == second
+    # Only the organism's provider knows its strength and family; the folder is a plain model.
+    assert "target_provenance" in first and "target_provenance" not in second
+    assert {**first, "alignment_steps": None, "target_provenance": None} == {
+        **second, "target_provenance": None}
     # 4 harmful + 4 harmless requests: 8 pairs judged, once, although two cells asked.
     assert len(counting_judge) == len(set(counting_judge)) == 8
     with sqlite3.connect(summary.results_path) as db:

@@ -153,7 +153,7 @@ def test_base_organism_reads_best_of_n_augmented_requests(organism_family):
     model that cannot read the noise."""
     import random
 
-    from alignparadox.attacks.input_tinkering.best_of_n import Augmentation
+    from alignparadox.datasets.augmentation import Augmentation
     from alignparadox.organisms.judge import GroundTruthJudge
     from alignparadox.targets import GenerationConfig, open_target
 

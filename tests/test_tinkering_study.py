@@ -73,10 +73,10 @@ def test_report_has_both_sections_with_figures(run_dir):
     # Figure 1B draws the weakest and the strongest aligned organism side by side.
     assert ('alt="Figure 1B-style projection, request definition: organism:aligned-1 and '
             'organism:aligned-5"') in html
-    # Two targets are too few for a rank correlation: every cell of the 5 misalignability and
+    # Two targets are too few for a rank correlation: every cell of the 6 misalignability and
     # 3 separability rows says so, against steps and against measured refusal, and none shows rho
     # (behaviour separability has n < 2 when an organism refused, or complied, too rarely on
     # these few requests to measure it).
     ours = html[html.index('<section id="geometry">'):]
-    assert len(re.findall(r"n=[0-2]: too few targets", ours)) == 2 * (5 + 3)
+    assert len(re.findall(r"n=[0-2]: too few targets", ours)) == 2 * (6 + 3)
     assert not re.search(r"\(n=\d+\)", ours)

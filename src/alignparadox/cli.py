@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from alignparadox.errors import UserError
 
@@ -61,15 +62,21 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one sentence on stderr and exit code 2.
 
     Click's standalone mode handles usage errors (exit 2), --help and Ctrl-C itself; a
-    UserError raised anywhere below is the one exception turned into a sentence here.
+    UserError raised anywhere below is turned into a sentence here. So is an exception that
+    sets `user_error = True`: errors that must not stop a whole study (a UserError would), such
+    as one unreadable checkpoint, yet are the user's to fix on the command line.
     """
     try:
         app(args=argv, prog_name="paradox")
     except SystemExit as done:
         if done.code not in (0, None):
             raise
-    except UserError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    except Exception as error:
+        if not (isinstance(error, UserError) or getattr(error, "user_error", False)):
+            raise
+        # Text, not markup: messages quote paths, prompts and names that may hold "[...]".
+        Console(stderr=True).print(Text("error:", style="red") + Text(f" {error}"),
+                                   highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -1,8 +1,9 @@
-"""`paradox prompts`: list the known prompt sets, inspect one, draw a seeded sample."""
+"""`paradox prompts`: list the known prompt sets, inspect one, draw a seeded sample, fetch them."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -12,9 +13,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignparadox.datasets.io import write_atomic
+from alignparadox.datasets.io import check_output_file, write_atomic
 from alignparadox.datasets.records import PromptSet, TemplateSet
-from alignparadox.datasets.registry import REGISTRY, AnySet, datasets_root, load, spec
+from alignparadox.datasets.registry import (
+    MIRROR_VAR,
+    REGISTRY,
+    AnySet,
+    Unreachable,
+    datasets_root,
+    downloads_root,
+    fetch_set,
+    fetchable,
+    load,
+    spec,
+)
 from alignparadox.errors import UserError
 
 app = typer.Typer(help="Public prompt sets: list, inspect and sample them.", no_args_is_help=True)
@@ -60,6 +72,7 @@ def list_sets() -> None:
         console.print(f"datasets root: {datasets_root()}")
     except UserError as error:
         console.print(f"datasets root: none ({error})")
+    console.print(f"downloaded copies (paradox prompts fetch): {downloads_root()}")
     table = Table("name", "rows", "kind", "source", "licence")
     for name, dataset in REGISTRY.items():
         try:
@@ -141,6 +154,8 @@ def sample(
     download: DownloadOption = False,
 ) -> None:
     """A seeded sample, as JSON lines, after optional category and harmful/harmless filters."""
+    if out is not None:
+        check_output_file(out, "the sample")
     loaded = _load(name, path, download)
     if isinstance(loaded, TemplateSet):
         if category or harmful is not None:
@@ -161,3 +176,36 @@ def sample(
     _console(stderr=True).print(
         f"wrote {len(drawn)} rows of {drawn.name} (sha256 {drawn.sha256}) to {out}"
     )
+
+
+@app.command("fetch")
+def fetch(
+    name: Annotated[str, typer.Argument(help="A set name, or all.")] = "all",
+    mirror: Annotated[
+        str | None,
+        typer.Option("--mirror", help=f"A server laid out like the datasets root, instead of "
+                     f"each set's public URL [default: ${MIRROR_VAR}]."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again what is there.")] = False,
+) -> None:
+    """Download public sets into the cache, where every command and study then finds them."""
+    console = _console()
+    names = fetchable(name)
+    failures: list[str] = []
+    for each in names:
+        if name == "all" and REGISTRY[each].gated and not os.environ.get("HF_TOKEN"):
+            console.print(f"{each}: skipped (gated on Hugging Face: set HF_TOKEN)")
+            continue
+        try:
+            path = fetch_set(each, mirror=mirror, force=force)
+        except Unreachable:
+            raise  # offline: one sentence for the whole command
+        except UserError as error:
+            if name != "all":
+                raise
+            failures.append(str(error))
+            continue
+        console.print(f"{each}: {len(load(each, path))} rows in {path}")
+    if failures:
+        raise UserError(f"{len(failures)} of {len(names)} sets were not fetched; first: "
+                        f"{failures[0]}")

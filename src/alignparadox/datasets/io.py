@@ -50,18 +50,28 @@ def read_table(
     same set differ in case); `non_empty` columns must have a value in every row.
     """
     text = read_text(path)
+    kind = "TSV" if delimiter == "\t" else "CSV"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = [column.strip().lower() for column in next(reader)]
+        lines: Iterable[list[str]] = reader
         if len(text) > LARGE_FILE_CHARS:  # e.g. WildJailbreak train, 262k rows
-            reader = track(
+            lines = track(
                 reader, f"reading {path.name}", console=Console(stderr=True), transient=True
             )
-        rows = [row for row in reader if any(cell.strip() for cell in row)]
+        rows = []
+        for row in lines:
+            if not any(cell.strip() for cell in row):
+                continue
+            if any(cell.strip() for cell in row[len(header):]):
+                # Mostly an unquoted delimiter inside a text: dropping the rest would cut it.
+                raise UserError(
+                    f"{path} data row {len(rows) + 1} (line {reader.line_num}) has "
+                    f"{len(row)} fields but the header has {len(header)}; quote any text "
+                    f"that holds a {'tab' if kind == 'TSV' else 'comma'}.")
+            rows.append(row)
     except csv.Error as error:
-        raise UserError(
-            f"{path} is not a valid {'TSV' if delimiter == chr(9) else 'CSV'} file ({error})."
-        ) from None
+        raise UserError(f"{path} is not a valid {kind} file ({error}).") from None
     missing = [column for column in required if column not in header]
     if missing:
         raise UserError(
@@ -85,7 +95,8 @@ def read_jsonl(path: Path, required: Iterable[str]) -> list[dict[str, object]]:
     text = read_text(path)
     required = list(required)
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines would also split at a raw U+2028 inside a JSON string.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -131,14 +142,55 @@ def fetch(url: str, *, timeout: float = 60.0) -> Path:
     return cached
 
 
+def _nearest_folder(path: Path, what: str) -> Path:
+    """The closest existing ancestor of `path`, which must be a writable folder."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {what} {path}: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {path}: folder {ancestor} is not writable.")
+    return ancestor
+
+
+def check_output_file(path: Path, what: str = "output") -> None:
+    """Refuse, before any work is done, an output file that cannot be written (a folder, a
+    path under a file, a read-only folder): one sentence instead of a traceback at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a folder; give a file name.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {what} {path}: the file is read-only.")
+    _nearest_folder(path, what)
+
+
+def check_output_folder(path: Path, what: str = "output folder") -> None:
+    """Like `check_output_file`, for a folder that is created or written into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a file, not a folder.")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {path}: the folder is not writable.")
+    if not path.exists():
+        _nearest_folder(path, what)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` through a temporary file in the same folder and a rename, so a
+    failed write leaves nothing behind; an OSError (disk full, read-only) is one sentence."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}.") from None
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UserError(f"cannot write {path}: {error.strerror or error}.") from None
         raise

@@ -313,3 +313,49 @@ def load_self_instruct_seed(path: Path, name: str = "self-instruct-seed") -> Pro
             )
         )
     return PromptSet(name, tuple(records))
+
+
+PROMPT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+_TRUE = {"1", "true", "yes", "harmful", "unsafe"}
+_FALSE = {"0", "false", "no", "harmless", "safe"}
+
+
+def _harmful_value(value: object, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise UserError(f"{where} has harmful = {value!r}; use true/false, 1/0 or yes/no.")
+
+
+def load_prompt_file(path: Path, *, text_column: str = "text",
+                     harmful_default: bool = True) -> PromptSet:
+    """A user's own requests: a .csv/.tsv with a `text` column, or .jsonl objects with a "text"
+    (as `paradox prompts sample --out` writes them); `text_column` names another column.
+    Optional columns: id, harmful (default `harmful_default`, true: a file of one's own mostly
+    holds requests to attack), category, source, target, context."""
+    suffix = path.suffix.lower()
+    if suffix not in PROMPT_FILE_SUFFIXES:
+        raise UserError(f"prompt file {path} must end in {', '.join(PROMPT_FILE_SUFFIXES)}.")
+    rows: list[dict[str, object]]
+    column = text_column if suffix == ".jsonl" else text_column.strip().lower()
+    if suffix == ".jsonl":
+        rows = read_jsonl(path, [column])
+    else:
+        rows = list(read_table(path, [column], delimiter="\t" if suffix == ".tsv" else ",",
+                               non_empty=[column]))
+    records = []
+    for i, row in enumerate(rows, start=1):
+        where = f"{path} {'record' if suffix == '.jsonl' else 'data row'} {i}"
+        if not isinstance(row[column], str) or not row[column].strip():
+            raise UserError(f"{where} needs a non-empty string {column}.")
+        fields = {name: str(value) for name, value in row.items()
+                  if value is not None and str(value).strip()}
+        harmful = row.get("harmful")
+        records.append(PromptRecord(
+            id=fields.get("id", f"{path.stem}/{i}"), text=row[column],
+            harmful=harmful_default if harmful in (None, "") else _harmful_value(harmful, where),
+            category=fields.get("category", "user"), source=fields.get("source", path.name),
+            target=fields.get("target"), context=fields.get("context")))
+    return PromptSet(path.name, tuple(records))

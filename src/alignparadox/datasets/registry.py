@@ -1,16 +1,24 @@
 """Named prompt sets: where each lives locally, where it is published, its licence, its loader.
 
 Local files are looked up under the datasets root: $ALIGNPARADOX_DATASETS, else
-`../shared/datasets` from the current folder. Any set can instead be read from an explicit file,
-a folder holding it, or (on a machine with internet) its public URL, cached after one download.
-The package bundles none of the data.
+`../shared/datasets` from the current folder, else the copies `paradox prompts fetch` downloaded
+into the cache. Any set can instead be read from an explicit file, a folder holding it, or (on a
+machine with internet) its public URL, cached after one download. Where a set is named (study
+settings, `--prompt-set`), `SET:PATH` reads a file or folder in that set's published format and a
+path ending in .csv/.tsv/.jsonl reads a file of one's own (`loaders.load_prompt_file`). The
+package bundles none of the data.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +28,9 @@ from alignparadox.datasets.records import PromptSet, TemplateSet
 from alignparadox.errors import UserError
 
 ENV_VAR = "ALIGNPARADOX_DATASETS"
+# A server laid out like the datasets root (MIRROR/advbench/harmful_behaviors.csv, ...), used by
+# `paradox prompts fetch` instead of each set's upstream URL (an internal mirror, or a test's).
+MIRROR_VAR = "ALIGNPARADOX_PROMPTS_MIRROR"
 
 AnySet = PromptSet | TemplateSet
 # A loader gets the resolved local file; a set with no default file gets the user's path or None.
@@ -34,6 +45,7 @@ class DatasetSpec:
     url: str | None
     licence: str
     description: str
+    gated: bool = False  # the URL needs HF_TOKEN
 
 
 REGISTRY: dict[str, DatasetSpec] = {}
@@ -46,10 +58,11 @@ def _add(
     url: str | None,
     licence: str,
     description: str,
+    gated: bool = False,
 ) -> None:
     if name in REGISTRY:
         raise ValueError(f"a prompt set named {name!r} is already registered")
-    REGISTRY[name] = DatasetSpec(name, loader, default_file, url, licence, description)
+    REGISTRY[name] = DatasetSpec(name, loader, default_file, url, licence, description, gated)
 
 
 def register_prompt_set(
@@ -183,6 +196,7 @@ _add(
     f"{_WILDJAILBREAK}/train/train.tsv",
     _WILDJAILBREAK_LICENCE,
     "WildJailbreak (Jiang et al. 2024) train",
+    gated=True,
 )
 _add(
     "wildjailbreak-eval",
@@ -191,6 +205,7 @@ _add(
     f"{_WILDJAILBREAK}/eval/eval.tsv",
     _WILDJAILBREAK_LICENCE,
     "WildJailbreak (Jiang et al. 2024) eval",
+    gated=True,
 )
 _add(
     "self-instruct-seed",
@@ -219,24 +234,77 @@ def datasets_root() -> Path:
     )
 
 
+def downloads_root() -> Path:
+    """Where `paradox prompts fetch` keeps its copies, in the datasets root's layout:
+    $ALIGNPARADOX_CACHE/prompt-sets (default ~/.cache/alignparadox/prompt-sets)."""
+    cache = os.environ.get("ALIGNPARADOX_CACHE") or Path.home() / ".cache" / "alignparadox"
+    return Path(cache).expanduser() / "prompt-sets"
+
+
 def spec(name: str) -> DatasetSpec:
-    try:
+    """The registered set `name`, or a user's file named as `SET:PATH` or `PATH.csv|tsv|jsonl`."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
+    found = _file_spec(name)
+    if found is None:
         raise UserError(
-            f"unknown prompt set {name!r}; known sets: {', '.join(REGISTRY)}."
-        ) from None
+            f"unknown prompt set {name!r}; known sets: {', '.join(REGISTRY)} (or SET:PATH, or a "
+            f"path ending in {', '.join(loaders.PROMPT_FILE_SUFFIXES)})."
+        )
+    return found
+
+
+def _file_spec(name: str) -> DatasetSpec | None:
+    """A set read from the user's file: `advbench:/data/mine.csv` in a registered set's format
+    (a folder in its layout works too), or `/data/mine.csv` in the own-file format. Its name is
+    the string given, so results name the file they came from."""
+    set_name, colon, location = name.partition(":")
+    if colon and location and set_name in REGISTRY:
+        base = REGISTRY[set_name]
+        if base.default_file is None:
+            raise UserError(f"prompt set {set_name} is generated; it is not read from a file.")
+        path = resolve_path(base, location)
+        return replace(base, name=name, loader=_renamed(base.loader, name),
+                       default_file=str(Path(path).resolve()), url=None)
+    path = Path(name).expanduser()
+    if path.suffix.lower() in loaders.PROMPT_FILE_SUFFIXES and not is_url(name):
+        return DatasetSpec(name, _renamed(loaders.load_prompt_file, name), str(path.resolve()),
+                           None, "", "a prompt file of one's own")
+    return None
+
+
+def _renamed(loader: Loader, name: str) -> Loader:
+    def load(path: Path | None) -> AnySet:
+        return replace(loader(path), name=name)
+
+    return load
+
+
+def default_path(dataset: DatasetSpec) -> Path:
+    """The file a set is read from when no path is given: a user file's own path, else the one
+    under the datasets root, else a copy `paradox prompts fetch` downloaded."""
+    assert dataset.default_file is not None
+    if Path(dataset.default_file).is_absolute():
+        return Path(dataset.default_file)
+    downloaded = downloads_root() / dataset.default_file
+    try:
+        local = datasets_root() / dataset.default_file
+    except UserError:
+        if downloaded.is_file() and not os.environ.get(ENV_VAR):  # a wrong $ENV_VAR still fails
+            return downloaded
+        raise
+    return downloaded if not local.is_file() and downloaded.is_file() else local
 
 
 def resolve_path(dataset: DatasetSpec, path: str | os.PathLike[str] | None) -> Path | None:
-    """The local file a set is read from: the default under the root, an explicit file, the
-    default file inside an explicit folder, or the cached download of a URL."""
+    """The local file a set is read from: the default (see `default_path`), an explicit file,
+    the default file inside an explicit folder, or the cached download of a URL."""
     if is_url(path):
         return fetch(str(path))
     if dataset.default_file is None:
         return None if path is None else Path(path)
     if path is None:
-        return datasets_root() / dataset.default_file
+        return default_path(dataset)
     path = Path(path).expanduser()
     if not path.is_dir():
         return path
@@ -273,6 +341,78 @@ def load_templates(
             f"{name} is a set of requests, not of jailbreak templates; use load_prompt_set."
         )
     return loaded
+
+
+class Unreachable(UserError):
+    """The download server could not be reached at all (offline, DNS, refused connection)."""
+
+
+def fetchable(name: str) -> list[str]:
+    """`name`, or for "all" every registered set with a public file, one per file (HarmBench's
+    variants share one)."""
+    if name != "all":
+        dataset = spec(name)
+        if dataset.url is None or dataset.default_file is None or name not in REGISTRY:
+            raise UserError(f"prompt set {name} has no public file to fetch.")
+        return [name]
+    files: dict[str, str] = {}
+    for dataset in REGISTRY.values():
+        if dataset.url is not None and dataset.default_file is not None:
+            files.setdefault(dataset.default_file, dataset.name)
+    return list(files.values())
+
+
+def fetch_set(name: str, *, mirror: str | None = None, force: bool = False,
+              timeout: float = 60.0) -> Path:
+    """Download set `name` into `downloads_root()` (where loading finds it) and return the file.
+
+    From `mirror` (default $ALIGNPARADOX_PROMPTS_MIRROR) laid out like the datasets root, else
+    from the set's public URL. The file is written to a temporary name, checked to be non-empty
+    and to parse with the set's loader, and only then renamed into place: a failed or
+    interrupted fetch leaves nothing behind. A copy already there is kept unless `force`.
+    """
+    dataset = spec(fetchable(name)[0])
+    target = downloads_root() / dataset.default_file
+    if target.is_file() and not force:
+        return target
+    mirror = mirror if mirror is not None else os.environ.get(MIRROR_VAR)
+    url = f"{mirror.rstrip('/')}/{dataset.default_file}" if mirror else dataset.url
+    request = urllib.request.Request(url, headers={"User-Agent": "alignparadox"})
+    token = os.environ.get("HF_TOKEN")
+    if token and urllib.parse.urlparse(url).netloc.endswith("huggingface.co"):
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                             suffix=".part")
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}.") from None
+    try:
+        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(
+                request, timeout=timeout) as response:
+            shutil.copyfileobj(response, file, 1 << 20)
+        if os.path.getsize(temporary) == 0:
+            raise UserError(f"{url} sent an empty file for prompt set {name}.")
+        try:
+            dataset.loader(Path(temporary))
+        except UserError as error:
+            raise UserError(f"{url} is not prompt set {name} in its published format: "
+                            f"{str(error).replace(temporary, 'the download')}") from None
+        os.replace(temporary, target)
+    except urllib.error.HTTPError as error:
+        hint = " (gated on Hugging Face: set HF_TOKEN)" if dataset.gated else ""
+        raise UserError(f"could not fetch prompt set {name} from {url}: HTTP {error.code} "
+                        f"{error.reason}{hint}.") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise Unreachable(f"could not reach {urllib.parse.urlparse(url).netloc} to fetch prompt "
+                          f"set {name} ({reason}); fetching needs internet, or a mirror in "
+                          f"${MIRROR_VAR}.") from None
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}.") from None
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return target
 
 
 def _organisms(split: str) -> Callable[[Path | None], PromptSet]:

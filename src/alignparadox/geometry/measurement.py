@@ -1,10 +1,10 @@
 """The `geometry` measurement: how cleanly aligned and misaligned states split, layer by layer.
 
 Two definitions of "aligned vs misaligned states", both at the refusal direction's token
-position, on `prompt_set` (validation requests by default; never the test split):
+position, on the select split of the cell's behaviour set (never the test split):
 - `request` (the paper's Figure 1B): states of harmful requests vs harmless requests;
 - `behaviour`: states of harmful requests the target refused vs those it answered with harmful
-  compliance (greedy answers, ground-truth judge). Weakly aligned targets refuse little, so this
+  compliance (greedy answers, the cell's judge). Weakly aligned targets refuse little, so this
   group can be too small (fewer than 4 states): the layer table is then empty and says why.
 Per layer: Fisher ratio along the held-out difference in means and held-out probe AUROC
 (`separability_by_layer`); at the direction's layer, a 2-D projection (x = the fitted refusal
@@ -21,32 +21,32 @@ import numpy as np
 import torch
 
 from alignparadox.attacks.model_tinkering.measurement import (
-    DIRECTION_DEFAULTS,
     ModelTinkering,
     alignment_strengths,
+    check_direction_cell,
     correlation_rows,
     direction_summary,
-    fitted_directions,
 )
-from alignparadox.attacks.model_tinkering.recipes import sample
+from alignparadox.datasets.behaviours import HARMFUL, HARMLESS
 from alignparadox.errors import UserError
 from alignparadox.geometry.directions import Direction
+from alignparadox.geometry.fitted import DIRECTION_DEFAULTS, cell_directions
 from alignparadox.geometry.separability import projection_2d, separability_by_layer
 from alignparadox.hooks import collect_activations, residual_layout
 from alignparadox.judges import scoring
-from alignparadox.judges.base import HARMFUL_COMPLIANCE, REFUSAL
 from alignparadox.judges.registry import make_judge
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, table
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
+from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_behaviours, cell_judge
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
     RunContext,
     register_measurement,
 )
-from alignparadox.study.measurements.alignment import organism_strength
 from alignparadox.study.store import CellRecord
+from alignparadox.targets.providers import alignment_strength
 
 MIN_GROUP = 4  # separability holds out 30% of each group: fewer leaves nothing to test on
 
@@ -108,20 +108,22 @@ class Geometry(Measurement):
     name = "geometry"
     title = "Geometry: separability of aligned and misaligned states"
     order = 20
-    defaults = {**DIRECTION_DEFAULTS, "prompt_set": "organisms-validation", "n_per_kind": 64,
-                "judge": "organism", "max_new_tokens": 80, "batch_size": 32, "points_kept": 60}
+    defaults = {**DIRECTION_DEFAULTS, **BEHAVIOUR_SETTINGS, "n_per_kind": 64, "judge": None,
+                "max_new_tokens": 80, "batch_size": 32, "points_kept": 60}
+
+    def check(self, cell: Cell) -> None:
+        check_direction_cell(cell)
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
         from alignparadox.targets import GenerationConfig, shared_target
 
         settings = cell.settings
         target = shared_target(cell.target)
-        refusal, _ = fitted_directions(target, settings, cell.seed)
+        behaviours = cell_behaviours(cell)
+        refusal, _ = cell_directions(target, cell)
         direction = refusal.direction
-        harmful = sample(settings["prompt_set"], settings["n_per_kind"], cell.seed,
-                         harmful=True, stance=False)
-        harmless = sample(settings["prompt_set"], settings["n_per_kind"], cell.seed,
-                          harmful=False, stance=False)
+        harmful, harmless = (behaviours.requests(kind, "select", settings["n_per_kind"],
+                                                 cell.seed) for kind in (HARMFUL, HARMLESS))
         layers = state_layers(residual_layout(target.model).n_layers, direction)
 
         def states(records) -> dict[int, torch.Tensor]:
@@ -135,38 +137,42 @@ class Geometry(Measurement):
         answers = target.generate(
             harmful.texts, GenerationConfig(max_new_tokens=settings["max_new_tokens"],
                                             batch_size=settings["batch_size"]))
-        labels = [j.verdict.label for j in scoring.judge_answers(
-            make_judge(settings["judge"]), harmful.records, answers)]
+        judge = cell_judge(cell)
+        verdicts = [j.verdict for j in scoring.judge_answers(make_judge(judge), harmful.records,
+                                                             answers)]
+        refused = [v.refused for v in verdicts]
+        complied = [v.success for v in verdicts]  # harmful compliance, for any judge
 
-        def pick(label: str) -> dict[int, torch.Tensor]:
-            rows = torch.tensor([i for i, x in enumerate(labels) if x == label], dtype=torch.long)
+        def pick(chosen: list[bool]) -> dict[int, torch.Tensor]:
+            rows = torch.tensor([i for i, x in enumerate(chosen) if x], dtype=torch.long)
             return {layer: acts[rows] for layer, acts in harmful_states.items()}
 
         keep, seed = settings["points_kept"], cell.seed
         results = {
-            "alignment_steps": organism_strength(cell.target),
+            "alignment_steps": alignment_strength(cell.target),
             "direction": direction_summary(refusal),
             "mean_norm": direction.metadata["mean_norm"],
-            "refused": wilson(labels.count(REFUSAL), len(labels)).as_dict(),
+            "behaviour_set": behaviours.name,
+            "refused": wilson(sum(refused), len(refused)).as_dict(),
             "request": _definition(harmful_states, harmless_states, direction, keep, seed),
-            "behaviour": _definition(pick(REFUSAL), pick(HARMFUL_COMPLIANCE), direction, keep,
-                                     seed),
+            "behaviour": _definition(pick(refused), pick(complied), direction, keep, seed),
         }
         return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
                           prompt_sets={harmful.name: harmful.sha256,
                                        harmless.name: harmless.sha256,
                                        **direction.prompt_hashes},
-                          judge=settings["judge"])
+                          judge=judge)
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         strengths = alignment_strengths(rows, options)
         rows = sorted(rows, key=lambda r: (_steps(strengths, r), r.target))
         intro = Markup(
             "<p>States are the residual stream at the refusal direction's token position on "
-            "validation requests. <b>Request</b> definition (as the paper's Figure 1B): harmful "
-            "vs harmless requests. <b>Behaviour</b> definition: harmful requests the model "
-            "refused vs answered with harmful compliance (only where each group has at least "
-            "4 states). Fisher ratio and probe AUROC are measured on a held-out 30%.</p>")
+            "select-split requests (never the test split). <b>Request</b> definition (as the "
+            "paper's Figure 1B): harmful vs harmless requests. <b>Behaviour</b> definition: "
+            "harmful requests the model refused vs answered with harmful compliance (only "
+            "where each group has at least 4 states). Fisher ratio and probe AUROC are "
+            "measured on a held-out 30%.</p>")
         summary = table(
             ["target", "steps", "refused (harmful)", "direction (layer, pos)",
              "Fisher on direction (request)", "AUROC at direction layer (request)",
@@ -179,13 +185,13 @@ class Geometry(Measurement):
               r.results["behaviour"]["fisher_on_direction"],
               f"{r.results['behaviour']['n_aligned']} / {r.results['behaviour']['n_misaligned']}"]
              for r in rows],
-            caption="Separability per organism at the refusal direction's layer.")
+            caption="Separability per target at the refusal direction's layer.")
         per_layer = table(
             ["target", "definition", "layer", "Fisher", "AUROC", "held-out states"],
             [[r.target, definition, x["layer"], x["fisher"], x["auroc"], x["n_test"]]
              for r in rows for definition in ("request", "behaviour")
              for x in r.results[definition]["per_layer"]],
-            caption="Separability per layer per organism (layer 0 = embeddings).")
+            caption="Separability per layer per target (layer 0 = embeddings).")
         correlations = table(
             ["separability", "rank correlation with alignment steps",
              "rank correlation with measured refusal"],
@@ -235,7 +241,7 @@ def _figure_1b(rows: list[CellRecord], strengths, alphas: dict[str, float],
     drawn = [r for r in rows if r.results[definition]["projection"]]
     aligned = [r for r in drawn if 0 < _steps(strengths, r) < math.inf] or drawn
     if not aligned:
-        return Markup("<p>No organism has enough states for the {} definition's "
+        return Markup("<p>No target has enough states for the {} definition's "
                       "projection.</p>").format(definition)
     panels = aligned[:1] if len(aligned) == 1 else [aligned[0], aligned[-1]]
     names = (("harmful request", "harmless request") if definition == "request"
@@ -267,7 +273,7 @@ def _figure_1b(rows: list[CellRecord], strengths, alphas: dict[str, float],
     drawn_names = " and ".join(row.target for row in panels)
     return figure(fig, f"Figure 1B-style projection, {definition} definition: {drawn_names}",
                   caption=f"Figure 1B-style projection ({definition} definition: {names[0]} vs "
-                          f"{names[1]}) for the weakest and strongest aligned organism "
+                          f"{names[1]}) for the weakest and strongest aligned target "
                           f"({drawn_names}), at the refusal direction's layer; the arrow is the "
                           "steering vector of addition towards compliance at the "
                           "model_tinkering measurement's fixed alpha.")

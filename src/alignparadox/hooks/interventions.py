@@ -106,12 +106,14 @@ def _track(model: nn.Module, stack: ExitStack) -> _ForwardState:
 def _on_layer(layout: ResidualLayout, layer: int, edit, stack: ExitStack) -> None:
     """Run `edit(hidden)` on the stream at `layer`; a tensor it returns replaces the stream."""
     if layer == 0:
+        where = layout.stream_argument  # the position or keyword the probe saw the stream at
+
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict):
-            if args:
-                new = edit(args[0])
-                return None if new is None else ((new, *args[1:]), kwargs)
-            new = edit(kwargs["hidden_states"])
-            return None if new is None else (args, {**kwargs, "hidden_states": new})
+            if isinstance(where, int) and len(args) > where:
+                new = edit(args[where])
+                return None if new is None else ((*args[:where], new, *args[where + 1:]), kwargs)
+            new = edit(kwargs[where])
+            return None if new is None else (args, {**kwargs, where: new})
 
         handle = layout.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
@@ -178,6 +180,7 @@ class _Recorder:
     def __init__(self, model: nn.Module, layers: Iterable[int], positions: Positions | None,
                  stack: ExitStack, *, stop_early: bool = False) -> None:
         self.layout = residual_layout(model)
+        self.layout.require("stream")
         self.layers = sorted({check_layer(self.layout, layer) for layer in layers})
         if not self.layers:
             raise UserError("no layers were given to capture")
@@ -232,6 +235,7 @@ def add_vectors(
     without a KV cache. The prompt is the input of the first call made with an empty cache.
     """
     layout = residual_layout(model)
+    layout.require("stream")
     named = positions in ("all", "prompt", "generated")
     if isinstance(positions, bool) or not (named or isinstance(positions, int) and positions > 0):
         raise UserError(f"steering positions {positions!r} must be 'all', 'prompt', 'generated' "
@@ -278,28 +282,37 @@ def _adder(vector: torch.Tensor, positions: SteerPositions, state: _ForwardState
 def ablate(model: nn.Module, direction: torch.Tensor) -> Iterator[None]:
     """Project the unit `direction` out of the residual stream at every layer and position.
 
-    The projection is applied to the embedding output and to the output of every module that
-    writes into the stream (attention and MLP output projections), so the stream has no component
-    along `direction` anywhere, and the result equals that of `orthogonalize` exactly. For blocks
-    whose writes cannot all be found (or are not linear, as after an embedding norm) it falls
-    back to projecting the input of block 0 and the output of every block.
+    The projection is applied to the stream entering block 0 and to the output of every module
+    that writes into the stream (attention, MLP, expert mixture or mixer outputs, or the sandwich
+    norm after them), so the stream has no component along `direction` anywhere: at every block
+    boundary and wherever a sublayer reads it mid-block. The result equals that of
+    `orthogonalize` where the weights can be edited. A model for which the probe cannot show the
+    writes it found to account for the whole stream (post-LayerNorm blocks, elementwise gates)
+    is refused with a UserError before any hook is placed.
     """
     layout = residual_layout(model)
+    layout.require("ablation")
     unit = _unit(layout, direction)
     with ExitStack() as stack:
-        layers = [0] if layout.writers is not None else range(layout.n_layers + 1)
-        for layer in layers:
-            moved = _to_stream(layout, layer, unit)
-            _on_layer(layout, layer, lambda hidden, moved=moved: _project_out(hidden, moved), stack)
-        if layout.writers is not None:
-            for writer in layout.writers:
-                weight = writer.linear.weight
-                removal = writer.removal_direction(unit.to(weight.device)).to(weight.dtype)
+        moved = _to_stream(layout, 0, unit)
+        _on_layer(layout, 0, lambda hidden: _project_out(hidden, moved), stack)
+        # The embeddings too, for models that also read them outside the blocks (Gemma 3n's
+        # per-layer inputs); then every write, where it enters the stream.
+        writers = [*layout.embedding_writers, *(writer.hook_point for writer in layout.writers)]
+        for module in writers:
+            # Moved to the output's device and dtype on first use (a sandwich norm may have no
+            # weights to take them from).
+            units: dict = {}
 
-                def hook(module: nn.Module, args: tuple, output: torch.Tensor, removal=removal):
-                    return _project_out(output, removal)
+            def hook(module: nn.Module, args: tuple, output, units=units):
+                write = output if isinstance(output, torch.Tensor) else output[0]
+                key = (write.device, write.dtype)
+                if key not in units:
+                    units[key] = unit.to(device=write.device, dtype=write.dtype)
+                projected = _project_out(write, units[key])
+                return projected if write is output else (projected, *output[1:])
 
-                stack.callback(writer.linear.register_forward_hook(hook).remove)
+            stack.callback(module.register_forward_hook(hook).remove)
         yield
 
 

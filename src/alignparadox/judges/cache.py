@@ -6,7 +6,9 @@ changing any of them misses the cache. Verdicts live in a `verdicts` table of th
 
 Studies cache every judge centrally: while a cell runs, `verdict_cache(results_path)` is active
 and `judges.registry.make_judge` wraps each judge it builds in a `CachedJudge` on that file, so
-measurements get cached verdicts without knowing about the cache.
+measurements get cached verdicts without knowing about the cache. The same block counts every
+verdict its judges give and how many were judge errors (`JudgeTally`): the study fails a cell
+whose judge failed too often, instead of computing rates from errors.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
-from alignparadox.judges.base import JUDGE_ERROR, Judge, Verdict, judge_fingerprint
+from alignparadox.judges.base import Judge, Verdict, judge_fingerprint
 
 _CHUNK = 500  # stays under SQLite's limit on query parameters
 
@@ -35,17 +38,39 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS verdicts (
     created REAL NOT NULL
 )"""
 
-# The SQLite file judges made now should cache their verdicts in (None: no caching).
+@dataclass
+class JudgeTally:
+    """Verdicts the judges of one `verdict_cache` block gave, and how many were judge errors."""
+
+    verdicts: int = 0
+    errors: int = 0
+    first_error: str = ""
+
+    def count(self, verdicts: list[Verdict]) -> None:
+        failed = [verdict for verdict in verdicts if verdict.failed]
+        self.verdicts += len(verdicts)
+        self.errors += len(failed)
+        if failed and not self.first_error:
+            self.first_error = failed[0].raw
+
+
+# The SQLite file judges made now should cache their verdicts in (None: no caching), and the
+# tally they count into.
 _ACTIVE: ContextVar[Path | None] = ContextVar("alignparadox_verdict_cache", default=None)
+_TALLY: ContextVar[JudgeTally | None] = ContextVar("alignparadox_judge_tally", default=None)
 
 
 @contextmanager
-def verdict_cache(sqlite_path: str | Path | None) -> Iterator[None]:
-    """Within the block, `make_judge` returns judges cached in `sqlite_path` (None: uncached)."""
+def verdict_cache(sqlite_path: str | Path | None) -> Iterator[JudgeTally]:
+    """Within the block, `make_judge` returns judges cached in `sqlite_path` (None: uncached)
+    that count their verdicts and errors in the yielded tally."""
+    tally = JudgeTally()
     token = _ACTIVE.set(Path(sqlite_path) if sqlite_path is not None else None)
+    tally_token = _TALLY.set(tally)
     try:
-        yield
+        yield tally
     finally:
+        _TALLY.reset(tally_token)
         _ACTIVE.reset(token)
 
 
@@ -65,6 +90,8 @@ class CachedJudge:
         self._fingerprint = judge_fingerprint(judge)
         self.hits = 0
         self.misses = 0
+        # Taken now, not per call: the judge may be called from another thread of the cell.
+        self._tally = _TALLY.get()
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")  # as the results store: readers never block
             db.execute(_SCHEMA)
@@ -92,11 +119,14 @@ class CachedJudge:
                                      [answers[index] for _, index in missing])
             computed = {key: verdict for (key, _), verdict in zip(missing, fresh, strict=True)}
             self._store({key: verdict for key, verdict in computed.items()
-                         if verdict.label != JUDGE_ERROR})
+                         if not verdict.failed})
             found.update(computed)
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        return [found[key] for key in keys]
+        verdicts = [found[key] for key in keys]
+        if self._tally is not None:
+            self._tally.count(verdicts)
+        return verdicts
 
     def _load(self, keys: list[str]) -> dict[str, Verdict]:
         unique = list(dict.fromkeys(keys))

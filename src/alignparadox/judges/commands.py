@@ -6,15 +6,16 @@ Heavy libraries (scikit-learn) are imported inside commands so that `paradox --h
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from alignparadox.datasets.io import check_output_file, write_atomic
 
 if TYPE_CHECKING:
     from alignparadox.judges.validation import Validation
@@ -46,11 +47,20 @@ def validate(
     from alignparadox.judges.registry import make_judge
     from alignparadox.judges.validation import read_labels, validate_judge
 
+    if out is not None:
+        check_output_file(out, "the verdicts")  # before the judge runs, not after
     rows = read_labels(labels)
     scorer = make_judge(judge)
     if cache is not None:
         scorer = CachedJudge(scorer, cache)
     result = validate_judge(scorer, rows)
+    if result.judge_errors:  # metrics over verdicts that were never given would be invented
+        from alignparadox.errors import UserError
+
+        first = next(verdict.raw for verdict in result.verdicts if verdict.failed)
+        raise UserError(f"judge {result.judge} failed on {result.judge_errors} of "
+                        f"{len(result.rows)} answers (first: {first}); no metrics from failed "
+                        "verdicts, rerun when the judge answers.")
     _print(result)
     if out is not None:
         _write_rows(result, out)
@@ -69,23 +79,16 @@ def _print(result: Validation) -> None:
     table.add_row("tp / fp / fn / tn", f"{result.true_positives} / {result.false_positives} / "
                   f"{result.false_negatives} / {result.true_negatives}")
     table.add_row("unparseable or judge error", str(result.unparseable))
-    Console().print(table)
+    Console(markup=False).print(table)  # judge specs may hold brackets
 
 
 def _write_rows(result: Validation, out: Path) -> None:
     """Per-row verdicts, written to a temporary file and renamed: never half a file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=out.parent,
-                                     prefix=f".{out.name}.", delete=False) as handle:
-        try:
-            writer = csv.writer(handle)
-            writer.writerow(["request", "answer", "label", "predicted", "judge_label",
-                             "harmfulness", "judge_raw"])
-            for row, verdict in zip(result.rows, result.verdicts, strict=True):
-                writer.writerow([row.request, row.answer, int(row.harmful), int(verdict.success),
-                                 verdict.label, f"{verdict.harmfulness:.4f}", verdict.raw])
-        except BaseException:
-            handle.close()
-            Path(handle.name).unlink(missing_ok=True)
-            raise
-    os.replace(handle.name, out)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["request", "answer", "label", "predicted", "judge_label", "harmfulness",
+                     "judge_raw"])
+    for row, verdict in zip(result.rows, result.verdicts, strict=True):
+        writer.writerow([row.request, row.answer, int(row.harmful), int(verdict.success),
+                         verdict.label, f"{verdict.harmfulness:.4f}", verdict.raw])
+    write_atomic(out, text.getvalue().encode("utf-8"))

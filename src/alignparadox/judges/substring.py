@@ -77,6 +77,11 @@ class SubstringJudge:
         self.config = {"lists": list(self.lists), "opening_chars": opening_chars,
                        "phrases": phrases_hash}
 
+    @property
+    def refusal_openings(self) -> tuple[str, ...]:
+        """The phrases a refusal can open with (capitalised ones: "I cannot", "Sorry", ...)."""
+        return tuple(phrase for phrase in self.phrases if phrase[:1].isupper())
+
     def judge(self, requests: list[str], answers: list[str]) -> list[Verdict]:
         if len(requests) != len(answers):
             raise ValueError("requests and answers must have the same length")

@@ -4,7 +4,9 @@ The labelled set is a CSV with columns request, answer, label. The positive clas
 compliance (an attack success); labels may be written 1/0, true/false, yes/no, harmful/harmless,
 unsafe/safe, or as the judge labels harmful_compliance / refusal / harmless_compliance /
 not_harmful / incoherent. The judge predicts positive when its verdict is a `success`; an
-unparseable verdict or a judge error predicts negative and is counted separately.
+unparseable verdict predicts negative and is counted separately. A judge error (the judge could
+not run) is no prediction at all: `judges validate` refuses to print metrics over any, and a
+study cell fails beyond its `max_error_share`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class Validation:
         return sum(verdict.label in (UNPARSEABLE, JUDGE_ERROR) for verdict in self.verdicts)
 
     @property
+    def judge_errors(self) -> int:
+        """Verdicts the judge could not give at all (included in `unparseable`)."""
+        return sum(verdict.failed for verdict in self.verdicts)
+
+    @property
     def disagreements(self) -> list[tuple[LabelledAnswer, Verdict]]:
         return [(row, verdict) for row, verdict in zip(self.rows, self.verdicts, strict=True)
                 if row.harmful != verdict.success]
@@ -73,7 +80,7 @@ class Validation:
                 "recall": self.recall, "f1": self.f1, "kappa": self.kappa,
                 "tp": self.true_positives, "fp": self.false_positives,
                 "fn": self.false_negatives, "tn": self.true_negatives,
-                "unparseable": self.unparseable}
+                "unparseable": self.unparseable, "judge_errors": self.judge_errors}
 
 
 def read_labels(path: str | Path) -> list[LabelledAnswer]:
@@ -82,7 +89,7 @@ def read_labels(path: str | Path) -> list[LabelledAnswer]:
     if not path.is_file():
         raise UserError(f"labels file {path} does not exist.")
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # a BOM is dropped
             reader = csv.DictReader(handle)
             missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
             if missing:
@@ -90,6 +97,10 @@ def read_labels(path: str | Path) -> list[LabelledAnswer]:
                                 f"needs {', '.join(COLUMNS)}.")
             rows = []
             for line, record in enumerate(reader, start=2):
+                if any((extra or "").strip() for extra in record.get(None, [])):
+                    # Mostly an unquoted comma in an answer: the columns after it have shifted.
+                    raise UserError(f"line {line} of {path} has more fields than its header; "
+                                    "quote any request or answer that holds a comma.")
                 label = (record["label"] or "").strip().lower()
                 if label not in POSITIVE_LABELS | NEGATIVE_LABELS:
                     raise UserError(f"line {line} of {path} has label {record['label']!r}; use "

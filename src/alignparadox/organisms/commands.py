@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(help="The self-trained organism family (the embedded default target).",
                   no_args_is_help=True)
-console = Console()
+console = Console(markup=False)  # names and answers are printed as they are, "[" included
 
 
 @app.command()
@@ -37,14 +38,16 @@ def show(name: str, seed: int = typer.Option(0, help="Seed of the family.")) -> 
     """Show one organism: path, strength, hash, architecture."""
     import json
 
-    from alignparadox.organisms.family import load_family
+    from alignparadox.organisms.family import load_family, require_member
     from alignparadox.organisms.train import OrganismConfig
 
-    family = load_family(OrganismConfig(seed=seed))
+    config = OrganismConfig(seed=seed)
+    require_member(name, config)  # an unknown name is the user's mistake, built family or not
+    family = load_family(config)
     member = family.member(name)
     path = family.path_of(name)
     config = json.loads((path / "config.json").read_text())
-    console.print(f"[bold]{member.name}[/bold]  {path}")
+    console.print(Text(member.name, style="bold") + Text(f"  {path}"))
     console.print(f"alignment strength: {member.alignment_steps} refusal fine-tuning steps")
     console.print(f"validation refusal (first token): {member.validation_refusal:.2f}")
     console.print(f"weights sha256: {member.weight_hash}")
@@ -70,8 +73,10 @@ def chat(name: str, max_new_tokens: int = typer.Option(96, help="Tokens per answ
             break
         answer = target.generate([prompt], config)[0]
         request = parse_request(prompt)
-        label = f"  [dim]({classify(request, answer)})[/dim]" if request else ""
-        console.print(f"[bold]{name}>[/bold] {answer}{label}", highlight=False)
+        line = Text(f"{name}>", style="bold") + Text(f" {answer}")
+        if request:
+            line.append(f"  ({classify(request, answer)})", style="dim")
+        console.print(line, highlight=False)
 
 
 def _print_family(family) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from alignparadox.organisms.train import (
     build_tokenizer,
     new_model,
     train_steps,
+    training_code_digest,
 )
 
 MANIFEST = "family.json"
@@ -136,13 +138,35 @@ def build_family(config: OrganismConfig | None = None, *, force: bool = False,
     target = family_dir(config)
     if (target / MANIFEST).exists() and not force:
         return load_family(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target):
+        # Another process may have built it while this one waited for the lock.
+        if (target / MANIFEST).exists() and not force:
+            return load_family(config)
+        _build_into(config, target, progress)
+    return load_family(config)
+
+
+@contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """One builder per family at a time (tests, CLI and a study may all ask for it at once)."""
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_into(config: OrganismConfig, target: Path, progress: bool) -> None:
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         members = _train_family(config, staging, progress)
-        manifest = {"config": asdict(config), "members": [asdict(m) for m in members],
+        manifest = {"config": asdict(config), "config_hash": config.config_hash(),
+                    "training_code": training_code_digest(),
+                    "members": [asdict(m) for m in members],
                     "build_seconds": time.perf_counter() - started}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if target.exists():
@@ -151,7 +175,6 @@ def build_family(config: OrganismConfig | None = None, *, force: bool = False,
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return load_family(config)
 
 
 @contextmanager

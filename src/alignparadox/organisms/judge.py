@@ -92,6 +92,7 @@ class GroundTruthJudge:
     """Exact judge: knows the world, so it needs no model and makes no mistakes in it."""
 
     name = "organism-ground-truth"
+    refusal_openings = world.REFUSALS
 
     def judge(self, requests: list[str], answers: list[str]) -> list[Verdict]:
         verdicts = []

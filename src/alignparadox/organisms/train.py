@@ -7,16 +7,20 @@ the checkpoints of one fine-tuning run, so every member differs from the next on
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignparadox.attacks.input_tinkering.best_of_n import Augmentation
+from alignparadox.datasets.augmentation import Augmentation
 from alignparadox.organisms import world
 from alignparadox.organisms.tokenizer import ASSISTANT, SYSTEM, train_tokenizer
 
@@ -65,11 +69,35 @@ class OrganismConfig:
     # training uses a fixed count, so every machine and every caller (CLI, tests, benchmarks)
     # makes the same family. One thread is as fast as more for a model this small.
     train_threads: int = 1
-    format_version: int = 5
 
     def config_hash(self) -> str:
-        payload = json.dumps(asdict(self), sort_keys=True)
+        """Names the cache folder: the settings above, the source of the code that trains the
+        family and the versions of the libraries whose kernels compute it, so a change to any
+        of them builds a new family instead of reusing a stale one."""
+        payload = json.dumps({"config": asdict(self), "code": training_code_digest(),
+                              "libraries": _library_versions()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# Every module whose code decides the weights: the world's text, the tokenizer, the sampler and
+# training loop, the family schedule and the text noise of base training.
+_TRAINING_MODULES = ("alignparadox.organisms.world", "alignparadox.organisms.tokenizer",
+                     "alignparadox.organisms.train", "alignparadox.organisms.family",
+                     "alignparadox.datasets.augmentation")
+
+
+@functools.lru_cache(maxsize=1)
+def training_code_digest() -> str:
+    """sha256 over the source files of the modules that decide the family's weights."""
+    digest = hashlib.sha256()
+    for name in _TRAINING_MODULES:
+        digest.update(name.encode())
+        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in ("torch", "transformers", "tokenizers")}
 
 
 def build_tokenizer(config: OrganismConfig) -> PreTrainedTokenizerFast:

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
 from markupsafe import Markup
 
+from alignparadox.datasets.io import check_output_file
 from alignparadox.errors import UserError
 from alignparadox.report.generic import generic_section
 from alignparadox.report.html import ReportOptions, Section, table
 from alignparadox.study.cells import canonical_json
-from alignparadox.study.measurement import find_measurement
-from alignparadox.study.store import CellRecord, ResultsStore
+from alignparadox.study.measurement import TARGET_PROVENANCE, find_measurement
+from alignparadox.study.store import RESULTS_FILE, CellRecord, ResultsStore
 
 REPORT_FILE = "report.html"
 
@@ -62,7 +67,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist.")
-    with ResultsStore.in_run_dir(run_dir, create=False) as store:
+    if out is None and not _writable(run_dir):
+        raise UserError(f"run folder {run_dir} is read-only; write the report elsewhere with "
+                        "--out FILE.")
+    out = Path(out) if out is not None else run_dir / REPORT_FILE
+    check_output_file(out, "the report")  # before the work, not after it
+    with read_store(run_dir) as store:
         records = store.records(status=None)
         studies = store.studies()
     done = [record for record in records if record.status == "done"]
@@ -105,9 +115,33 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
         for anchor, section in sections)
     page = _PAGE.format(title=title, subtitle=subtitle, nav=nav, sections=body,
                         css=Markup(_CSS))
-    out = Path(out) if out is not None else run_dir / REPORT_FILE
     _write_atomically(out, str(page))
     return out
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
+
+
+@contextmanager
+def read_store(run_dir: str | Path) -> Iterator[ResultsStore]:
+    """The run folder's results store, for reading only (`report`, `study status`).
+
+    SQLite in WAL mode writes beside its file even to read it, so the store of a folder this
+    process cannot write (a read-only share, another user's run, an archive) is read from a
+    temporary copy of the store and its write-ahead log instead.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file() or (_writable(path.parent) and _writable(path)):
+        with ResultsStore.in_run_dir(run_dir, create=False) as store:
+            yield store
+        return
+    with tempfile.TemporaryDirectory(prefix="alignparadox-read-") as copy:
+        for suffix in ("", "-wal"):
+            if Path(f"{path}{suffix}").is_file():
+                shutil.copyfile(f"{path}{suffix}", Path(copy) / f"{RESULTS_FILE}{suffix}")
+        with ResultsStore.in_run_dir(copy, create=False) as store:
+            yield store
 
 
 def _provenance(done: list[CellRecord], studies: list[dict]) -> Section:
@@ -126,6 +160,7 @@ def _provenance(done: list[CellRecord], studies: list[dict]) -> Section:
     html = table(["target", "id", "weight hash"],
                  sorted(targets, key=lambda row: tuple(item or "" for item in row)),
                  caption="Targets")
+    html += _target_provenance(done)
     if prompt_sets:
         html += table(["prompt set", "content hash"],
                       [(name, ", ".join(sorted(digests)))
@@ -151,6 +186,32 @@ def _provenance(done: list[CellRecord], studies: list[dict]) -> Section:
     return Section("Provenance", html)
 
 
+def _target_provenance(done: list[CellRecord]) -> Markup:
+    """What each target's provider records about it (e.g. an organism's family, fine-tuning
+    steps and validation refusal), and the figures of every family those targets come from,
+    so two reports (two machines, two builds) can be compared member by member."""
+    cards: dict[str, dict] = {}
+    for record in done:
+        card = (record.results or {}).get(TARGET_PROVENANCE)
+        if card:
+            cards[record.target] = card
+    if not cards:
+        return Markup("")
+    html = table(["target", "provider", "family", "alignment strength", "axis"],
+                 [[target, card.get("provider"), card.get("family"),
+                   card.get("alignment_strength"), card.get("alignment_axis")]
+                  for target, card in sorted(cards.items())],
+                 caption="Target provenance")
+    families = {card["family"]: card["family_members"] for card in cards.values()
+                if card.get("family") and card.get("family_members")}
+    for family, members in sorted(families.items()):
+        html += table(["member", "alignment steps", "validation refusal"],
+                      [[name, figures.get("steps"), figures.get("validation_refusal")]
+                       for name, figures in members.items()],
+                      caption=f"Family {family}: every member as built")
+    return html
+
+
 def _cells_detail(rows: list[CellRecord]) -> Markup:
     detail = table(
         ["key", "target", "settings", "seed", "prompt sets", "judge", "wall s", "finished"],
@@ -174,13 +235,13 @@ def _failures(failed: list[CellRecord]) -> Section:
 def _write_atomically(path: Path, text: str) -> None:
     """Write next to the destination and rename: readers never see a partial report."""
     folder = path.parent
-    if not folder.is_dir():
-        raise UserError(f"cannot write the report: folder {folder} does not exist.")
     temporary = folder / f".{path.name}.{os.getpid()}.tmp"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise UserError(
             f"cannot write the report to {path}: {error.strerror or error}.") from None

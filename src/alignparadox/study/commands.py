@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignparadox.study.runner import BACKENDS, run_study
+from alignparadox.errors import UserError
+from alignparadox.report.writer import read_store
+from alignparadox.study.ray_backend import RayBackend
+from alignparadox.study.runner import BACKENDS, StudyStopped, run_study
 from alignparadox.study.spec import StudySpec
-from alignparadox.study.store import ResultsStore
 
 app = typer.Typer(help="Run studies (target × measurement × settings grids) and check on them.",
                   no_args_is_help=True)
@@ -24,12 +26,22 @@ def run(
     run_dir: Path = typer.Option(None, "--run-dir",
                                  help="Folder for results.sqlite [default: runs/<spec name>]."),
     backend: str = typer.Option("local", help=f"Execution back end: {', '.join(BACKENDS)}."),
+    address: str = typer.Option(None, "--address",
+                                help="Ray cluster to join (with --backend ray), e.g. auto or "
+                                     "HOST:6379 [default: a local one on this machine's CPUs]."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Compute every cell of SPEC that is not already finished in the run folder."""
+    if address is not None and backend != "ray":
+        raise UserError("--address names a Ray cluster; use it with --backend ray.")
     study = StudySpec.from_file(spec)
     run_dir = run_dir if run_dir is not None else Path("runs") / study.name
-    summary = run_study(study, run_dir, backend=backend, progress=progress)
+    chosen = RayBackend(address) if backend == "ray" else backend
+    try:
+        summary = run_study(study, run_dir, backend=chosen, progress=progress)
+    except StudyStopped as stopped:  # Ctrl-C: say what was kept, exit as shells expect
+        Console(stderr=True, highlight=False, markup=False).print(str(stopped))
+        raise typer.Exit(130) from None
     console.print(f"{summary.planned} cells: {summary.computed} computed, "
                   f"{summary.reused} already finished, {len(summary.failed)} failed.")
     console.print(f"results: {summary.results_path}")
@@ -45,7 +57,7 @@ def run(
 @app.command("status")
 def status(run_dir: Path = typer.Argument(..., help="A run folder with results.sqlite.")) -> None:
     """Per measurement: cells planned by the latest study, finished, failed and pending."""
-    with ResultsStore.in_run_dir(run_dir, create=False) as store:
+    with read_store(run_dir) as store:  # a read-only run folder is readable too
         studies = store.studies()
         records = store.records(status=None)
     latest_plan = studies[-1]["planned"] if studies else []

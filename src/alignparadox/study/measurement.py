@@ -48,6 +48,17 @@ DISCOVERY_PACKAGES: tuple[str, ...] = (
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
+# Settings every measurement accepts, with their defaults. They are not in any measurement's
+# `defaults`, so a cell carries one only when its study sets it (existing cell keys stay).
+# max_error_share: the share of a cell's judge verdicts, and of its endpoint requests, that may
+# fail (judge unreachable, endpoint dead) before the cell fails instead of reporting rates.
+COMMON_SETTINGS: Mapping[str, Any] = {"max_error_share": 0.0}
+
+
+# Key of `CellResult.results` under which the runner records what the target's provider says of
+# it (`alignparadox.targets.describe_target`), beside the weight hash.
+TARGET_PROVENANCE = "target_provenance"
+
 
 @dataclass(frozen=True)
 class CellResult:
@@ -111,11 +122,17 @@ class Measurement(ABC):
 
         Override to skip combinations that make no sense (e.g. white-box attacks on endpoints).
         """
-        unknown = sorted((set(settings) | set(grid)) - set(self.defaults))
+        unknown = sorted((set(settings) | set(grid)) - set(self.defaults) - set(COMMON_SETTINGS))
         if unknown:
-            accepted = ", ".join(sorted(self.defaults)) or "none"
+            accepted = ", ".join(sorted({*self.defaults, *COMMON_SETTINGS}))
             raise UserError(f"measurement {self.name!r} has no setting(s) {', '.join(unknown)}; "
                             f"it accepts: {accepted}.")
+        defaults = {**COMMON_SETTINGS, **self.defaults}
+        for name, value in settings.items():
+            check_setting_type(self.name, name, value, defaults[name])
+        for name, values in grid.items():
+            for value in values:
+                check_setting_type(self.name, name, value, defaults[name])
         axes = list(grid)
         cells = []
         for target in targets:
@@ -139,6 +156,57 @@ class Measurement(ABC):
         from alignparadox.report.generic import generic_section
 
         return generic_section(self.title or self.name, rows, options)
+
+
+# A setting's JSON kind: how one is named in a sentence, and how several are.
+_KIND_NAMES = {"boolean": ("a boolean (true or false)", "booleans"),
+               "integer": ("an integer", "integers"), "number": ("a number", "numbers"),
+               "string": ("a string", "strings"), "list": ("a list", "lists"),
+               "table": ("a table", "tables")}
+
+
+def _kind(value: Any) -> str | None:
+    """The JSON kind a setting's default fixes for it; None (default None) fixes nothing."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "table"
+    return None
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "number":  # an integer is a number too (temperature = 1)
+        return _kind(value) in ("number", "integer")
+    return _kind(value) == kind
+
+
+def check_setting_type(measurement: str, name: str, value: Any, default: Any) -> None:
+    """Refuse a setting whose JSON kind differs from its default's (and, when the default is a
+    list of one kind of item, a list holding another kind), before any cell runs: a wrong type
+    would otherwise fail deep inside a cell, after minutes of work."""
+    kind = _kind(default)
+    if kind is None:
+        return  # no default type to compare with: the measurement's own check decides
+    where = f"measurement {measurement!r} setting {name}"
+    like = f"like its default {canonical_json(default)}"
+    if not _fits(value, kind):
+        raise UserError(f"{where} must be {_KIND_NAMES[kind][0]} ({like}), "
+                        f"got {canonical_json(value)}.")
+    item_kinds = {_kind(item) for item in default} if kind == "list" else set()
+    if len(item_kinds) == 1 and None not in item_kinds:
+        (item_kind,) = item_kinds
+        for item in value:
+            if not _fits(item, item_kind):
+                raise UserError(f"{where} must be a list of {_KIND_NAMES[item_kind][1]} "
+                                f"({like}), got item {canonical_json(item)}.")
 
 
 _REGISTRY: dict[str, type[Measurement]] = {}

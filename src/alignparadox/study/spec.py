@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignparadox.datasets.io import read_text
 from alignparadox.errors import UserError
 from alignparadox.study.cells import canonical_json
 
@@ -52,7 +53,7 @@ class StudySpec:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"study spec {path} does not exist.")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)  # strict UTF-8, a byte-order mark dropped, one sentence if not
         if path.suffix == ".json":
             try:
                 data = json.loads(text)

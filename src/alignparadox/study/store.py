@@ -9,10 +9,13 @@ that `judges.cache.CachedJudge` keeps while cells run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import math
+import os
 import platform
 import sqlite3
 import subprocess
@@ -98,8 +101,22 @@ def _git_commit(folder: Path) -> str | None:
 
 def to_json(value: Any) -> str:
     """Serialise results: dataclasses with `as_dict` (Rate, Correlation), numpy scalars and
-    arrays, and paths become plain JSON; NaN is kept (a rate over zero items is undefined)."""
-    return json.dumps(value, default=_jsonable, sort_keys=True, ensure_ascii=False)
+    arrays, and paths become plain JSON. NaN and infinities (a rate over zero items) become
+    null: bare NaN is not JSON, and SQLite's JSON functions and other readers refuse it."""
+    return json.dumps(_finite(value), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """`value` as plain JSON values, with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return _finite(_jsonable(value))
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,6 +129,42 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# Numbers that are NaN when undefined (a rate over zero items, a correlation of constants):
+# stored as null, read back as NaN so that readers compare numbers as when they were computed.
+_NAN_WHEN_NULL = {frozenset({"k", "n", "rate"}): ("rate", "low", "high"),
+                  frozenset({"rho", "n"}): ("rho", "low", "high")}
+
+
+def _nan_for_null(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_nan_for_null(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    value = {key: _nan_for_null(item) for key, item in value.items()}
+    for marks, fields in _NAN_WHEN_NULL.items():
+        if marks <= value.keys():
+            value.update((name, math.nan) for name in fields if name in value
+                         and value[name] is None)
+    return value
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error behind it, says the disk (or the user's quota) is full."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, sqlite3.Error) and (
+                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(error)):
+            return True
+        if os.strerror(errno.ENOSPC) in str(error):  # e.g. torch.save's RuntimeError
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def check_rates_have_counts(results: Any, path: str = "results") -> None:
@@ -220,15 +273,27 @@ class ResultsStore:
         if not create and not self.path.is_file():
             raise UserError(f"{self.path.parent} has no results store ({RESULTS_FILE}); "
                             "run a study there first.")
+        new = not self.path.exists()
+        connection = None
         try:
-            self._connection = _connect(self.path)
+            connection = self._connection = _connect(self.path)
             with self._connection:
                 self._connection.executescript(_SCHEMA)
                 self._connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                                          (str(SCHEMA_VERSION),))
             schema = self._connection.execute(
                 "SELECT value FROM meta WHERE name = 'schema'").fetchone()[0]
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.Error, OSError) as error:
+            if connection is not None:
+                connection.close()
+            if new:  # leave nothing behind, not an empty file that looks like a store
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(OSError):
+                        Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            if is_disk_full(error):
+                raise UserError(f"cannot write {self.path}: the disk is full.") from None
+            if isinstance(error, OSError):
+                raise
             raise UserError(f"{self.path} is not a results store ({error}).") from None
         if schema != str(SCHEMA_VERSION):
             raise UserError(f"{self.path} uses results schema {schema}; this version of "
@@ -325,5 +390,6 @@ class ResultsStore:
 def _record(row: dict[str, Any]) -> CellRecord:
     for name in ("settings", "prompt_sets", "versions"):
         row[name] = json.loads(row[name])
-    row["results"] = json.loads(row["results"]) if row["results"] is not None else None
+    row["results"] = (_nan_for_null(json.loads(row["results"])) if row["results"] is not None
+                      else None)
     return CellRecord(**row)

@@ -10,7 +10,9 @@ Sampled requests are cached only when seeded; with a seed, position i of a batch
 (the server's seed support is best-effort, as in the OpenAI API).
 
 Every prompt ends with exactly one result: its answer, or an `EndpointError` that says why it
-failed after the last retry. Nothing is dropped and nothing is doubled.
+failed after the last retry. Nothing is dropped and nothing is doubled. Inside a study cell,
+callers count the results into `endpoint_tally()`, so that a dead endpoint fails the cell instead
+of leaving rates over nothing.
 
 The API key is read from the named environment variable at each request and only ever placed in
 the Authorization header: it is not kept on the object, not part of cache keys, reprs or error
@@ -28,7 +30,10 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,9 @@ Prompt = str | list[dict]
 _RETRYABLE_STATUS = {408, 409, 429}
 # Never wait longer than this for one Retry-After, whatever the server asks.
 _MAX_RETRY_AFTER = 600.0
+# Statuses that refuse one request for what it says (too long, filtered): a fact about that
+# prompt, answered the same on every rerun, not a sign the endpoint is down.
+_REQUEST_REJECTED = {400, 413, 422}
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,50 @@ class EndpointError(Exception):
     def __repr__(self) -> str:
         return (f"EndpointError(index={self.index}, status={self.status}, "
                 f"attempts={self.attempts}, message={self.message!r})")
+
+    @property
+    def rejected(self) -> bool:
+        """The server refused this one request (not unreachable, not failing)."""
+        return self.status in _REQUEST_REJECTED
+
+
+@dataclass
+class EndpointTally:
+    """Requests a study cell sent to endpoint targets, and how many failed for good (dead,
+    timing out or failing server; requests the server rejected for their content excluded)."""
+
+    requests: int = 0
+    failed: int = 0
+    first_error: str = ""
+
+    def count(self, results: Sequence[str | EndpointError]) -> None:
+        failed = [r for r in results if isinstance(r, EndpointError) and not r.rejected]
+        self.requests += len(results)
+        self.failed += len(failed)
+        if failed and not self.first_error:
+            self.first_error = failed[0].message
+
+
+_TALLY: ContextVar[EndpointTally | None] = ContextVar("alignparadox_endpoint_tally",
+                                                      default=None)
+
+
+@contextmanager
+def endpoint_tally() -> Iterator[EndpointTally]:
+    """Within the block, `count_endpoint_results` counts into the yielded tally."""
+    tally = EndpointTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
+
+
+def count_endpoint_results(results: Sequence[str | EndpointError]) -> None:
+    """Count a target's results into the active `endpoint_tally` (outside one: nothing)."""
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.count(results)
 
 
 class EndpointBatchError(Exception):

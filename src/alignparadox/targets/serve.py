@@ -1,88 +1,102 @@
-"""`paradox serve`: any white-box target behind an OpenAI-compatible chat API on 127.0.0.1.
+"""`paradox serve`: any white-box target behind an OpenAI-compatible API on 127.0.0.1.
 
-Black-box attack code, peer tools and judges can then talk to an organism or a local checkpoint
-exactly as they talk to a hosted model. Endpoints: `POST /v1/chat/completions` (non-streaming and
-SSE streaming, n=1) and `GET /v1/models`. With `--direction`, a saved steering direction is added
-(`--alpha`) or ablated (`--ablate`) in every generation, by the model-tinkering attacks' own hooks.
+Black-box attack code, peer tools (garak, PyRIT, Inspect, ...) and judges can then talk to an
+organism or a local checkpoint exactly as they talk to a hosted model. Endpoints:
+`POST /v1/chat/completions` and `POST /v1/completions` (raw text, for base-model tools), both
+non-streaming and SSE streaming, with `n`, `stop`, `seed`, `logprobs`; `GET /v1/models`. The wire
+format and what is refused live in `serve_protocol`. With `--direction`, a saved steering
+direction is added (`--alpha`) or ablated (`--ablate`) in every generation, by the
+model-tinkering attacks' own hooks.
 
-Concurrency: requests are served by threads but generate one at a time, under a lock around the
-model. Batching concurrent requests together would raise throughput, but it would make an answer
-depend on which other requests happened to share its batch (padding changes floating-point sums,
-and a shared sampling stream changes samples). An auditing tool needs the answer to a request —
-seed included — to be a function of that request alone. Callers that need throughput should call
-`WhiteBoxTarget.generate` in-process with many prompts, which batches.
-
-The standard library's ThreadingHTTPServer is enough for a local, single-model server and adds no
-dependency.
+Concurrency: the HTTP side is Starlette on uvicorn (asyncio); all generation happens on one
+worker thread that batches concurrent requests (`batching.BatchWorker`: continuous batching,
+each row with its own positions, stop rule and seeded generator). Batching can change a greedy
+answer by floating-point rounding (see `batching`); `--max-batch 1` decodes every request alone,
+bit-identical to `WhiteBoxTarget.complete`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
-import secrets
+import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from alignparadox.errors import UserError
 
 if TYPE_CHECKING:
-    from alignparadox.targets.whitebox import GenerationConfig, WhiteBoxTarget
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from alignparadox.targets.batching import Completion
+    from alignparadox.targets.serve_protocol import Plan, Reply
+    from alignparadox.targets.whitebox import WhiteBoxTarget
 
 logger = logging.getLogger("alignparadox.serve")
 
 GenerationContext = Callable[[], AbstractContextManager]
 _MAX_BODY_BYTES = 16 << 20
-# Request fields whose non-default values would change the answer in ways this server does not
-# implement: refuse them instead of silently ignoring them.
-_UNSUPPORTED = {
-    "stop": (None, "", []),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "logit_bias": (None, {}),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "response_format": (None, {"type": "text"}),
-}
+_BACKLOG = 2048  # the standard library's 5 dropped connections under 32 clients
 
 
-class ChatServer(ThreadingHTTPServer):
-    """An HTTP server for one target. `generation_context`, if given, is a zero-argument callable
-    returning a context manager that is entered around every generation while the model lock is
-    held — the place for an intervention such as a steering hook that must only be active for
-    this server's generations."""
+class ChatServer:
+    """A bound HTTP server for one target. `generation_context`, if given, is a zero-argument
+    callable returning a context manager entered around the generation worker's batches — the
+    place for an intervention such as a steering hook that must only be active for this
+    server's generations. Run with `serve_forever()` (in a thread if you like); stop with
+    `shutdown()` and release the port and the worker with `server_close()`."""
 
-    daemon_threads = True
+    def __init__(self, sock: socket.socket, target: WhiteBoxTarget, *,
+                 generation_context: GenerationContext | None = None,
+                 default_max_tokens: int = 512, max_batch: int = 16,
+                 batch_window: float = 0.005) -> None:
+        import uvicorn
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        target: WhiteBoxTarget,
-        *,
-        generation_context: GenerationContext | None = None,
-        default_max_tokens: int = 512,
-    ) -> None:
-        super().__init__(address, _ChatHandler)
+        from alignparadox.targets.batching import BatchWorker
+
+        self.socket = sock
         self.target = target
-        self.generation_context = generation_context or contextlib.nullcontext
         self.default_max_tokens = default_max_tokens
-        self.model_lock = threading.Lock()
+        self.worker = BatchWorker(target, max_batch=max_batch, window=batch_window,
+                                  generation_context=generation_context)
         self.created = int(time.time())
+        config = uvicorn.Config(_app(self), log_config=None, lifespan="off",
+                                timeout_graceful_shutdown=5, server_header=False)
+        self._uvicorn = uvicorn.Server(config)
+        self._running = threading.Lock()
+        self._stopped = threading.Event()
+        self._stopped.set()
 
     @property
     def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        host, port = self.socket.getsockname()[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+
+    def serve_forever(self) -> None:
+        with self._running:
+            self._stopped.clear()
+            try:
+                self._uvicorn.run(sockets=[self.socket])
+            finally:
+                self._stopped.set()
+
+    def shutdown(self, timeout: float = 30) -> None:
+        self._uvicorn.should_exit = True
+        self._stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.worker.close()
 
 
 def make_server(
@@ -92,14 +106,179 @@ def make_server(
     *,
     generation_context: GenerationContext | None = None,
     default_max_tokens: int = 512,
+    max_batch: int = 16,
+    batch_window: float = 0.005,
 ) -> ChatServer:
-    """Bind a server for `target` (port 0 picks a free port; see `server.base_url`). Run it with
-    `server.serve_forever()`, in a thread if you like; stop with `shutdown()` + `server_close()`."""
+    """Bind a server for `target` (port 0 picks a free port; see `server.base_url`).
+    `max_batch` caps the rows decoded together (1: every request alone, bit-exact);
+    `batch_window` is how long an idle worker waits for more requests to start a batch with."""
     try:
-        return ChatServer((host, port), target, generation_context=generation_context,
-                          default_max_tokens=default_max_tokens)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
     except OSError as error:
         raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}.") from error
+    return ChatServer(sock, target, generation_context=generation_context,
+                      default_max_tokens=default_max_tokens, max_batch=max_batch,
+                      batch_window=batch_window)
+
+
+def _app(server: ChatServer):
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def models(request: Request) -> Response:
+        return _json(200, {"object": "list", "data": [_card(server)]})
+
+    async def model(request: Request) -> Response:
+        if request.path_params["name"] != server.target.name:
+            return _error(404, f"The model `{request.path_params['name']}` does not exist.",
+                          "model_not_found")
+        return _json(200, _card(server))
+
+    async def chat(request: Request) -> Response:
+        return await _generate(server, request, chat=True)
+
+    async def completions(request: Request) -> Response:
+        return await _generate(server, request, chat=False)
+
+    async def not_found(request: Request, error: Exception) -> Response:
+        return _error(404, f"no route {request.method} {request.url.path}", "not_found_error")
+
+    async def not_allowed(request: Request, error: Exception) -> Response:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}",
+                      "invalid_request_error")
+
+    routes = [Route("/v1/models", models, methods=["GET"]),
+              Route("/v1/models/{name:path}", model, methods=["GET"]),
+              Route("/v1/chat/completions", chat, methods=["POST"]),
+              Route("/v1/completions", completions, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+
+
+def _card(server: ChatServer) -> dict:
+    return {"id": server.target.name, "object": "model", "created": server.created,
+            "owned_by": "alignparadox"}
+
+
+async def _generate(server: ChatServer, request: Request, *, chat: bool) -> Response:
+    from alignparadox.targets.serve_protocol import ApiError, Reply, plan_chat, plan_completion
+
+    try:
+        body = await _read_json(request)
+        plan = (plan_chat if chat else plan_completion)(body, server.target,
+                                                         server.default_max_tokens)
+    except ApiError as error:
+        return _json(error.status, error.body())
+    reply = Reply(server.target, plan, chat=chat)
+    if plan.stream:
+        from starlette.responses import StreamingResponse
+
+        return StreamingResponse(_stream(server, plan, reply), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    jobs = _submit(server, plan)
+    try:
+        completions = [await asyncio.wrap_future(job.future) for job in jobs]
+    except Exception:
+        logger.exception("generation failed")
+        return _error(500, "generation failed; see the server log", "server_error")
+    finally:
+        for job in jobs:
+            if not job.future.done():
+                job.cancel()
+    return _json(200, reply.body(completions))
+
+
+def _submit(server: ChatServer, plan: Plan, on_text=None) -> list:
+    """One worker job per choice, in choice order (prompt-major)."""
+    from alignparadox.targets.batching import Job
+
+    jobs = []
+    for prompt in plan.prompts:
+        for config in plan.configs:
+            index = len(jobs)
+            jobs.append(Job(prompt, config, plan.stop, plan.logprobs, plan.top_logprobs,
+                            None if on_text is None else
+                            (lambda piece, index=index: on_text(index, piece))))
+    for job in jobs:
+        server.worker.submit(job)
+    return jobs
+
+
+async def _stream(server: ChatServer, plan: Plan, reply: Reply) -> AsyncIterator[str]:
+    """SSE events: each choice's opening, its text pieces as they become final (interleaved
+    across choices), its end; then usage if asked for, and [DONE]."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def post(index: int, item: str | Future) -> None:  # called from the worker thread
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is stopping
+            loop.call_soon_threadsafe(events.put_nowait, (index, item))
+
+    jobs = _submit(server, plan, on_text=post)
+    for index, job in enumerate(jobs):
+        job.future.add_done_callback(lambda future, index=index: post(index, future))
+    completions: list[Completion | None] = [None] * len(jobs)
+    try:
+        if reply.chat:
+            for index in range(len(jobs)):
+                yield _event(reply.chunk(index, role=True))
+        while any(done is None for done in completions):
+            index, item = await events.get()
+            if isinstance(item, str):
+                yield _event(reply.chunk(index, text=item))
+                continue
+            if item.cancelled() or item.exception() is not None:
+                logger.error("generation failed", exc_info=item.exception())
+                yield _event({"error": {"message": "generation failed; see the server log",
+                                        "type": "server_error", "param": None, "code": None}})
+                return
+            completions[index] = item.result()
+            yield _event(reply.chunk(index, done=completions[index],
+                                     logprobs=completions[index].logprobs))
+        if plan.include_usage:
+            yield _event(reply.usage_chunk(completions))
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away, or the stream ended: stop what still runs
+        for job in jobs:
+            if not job.future.done():
+                job.cancel()
+
+
+async def _read_json(request: Request) -> dict:
+    from alignparadox.targets.serve_protocol import ApiError
+
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > _MAX_BODY_BYTES:
+        raise ApiError(f"the request body is larger than {_MAX_BODY_BYTES} bytes", 413)
+    data = bytearray()
+    async for piece in request.stream():
+        data += piece
+        if len(data) > _MAX_BODY_BYTES:
+            raise ApiError(f"the request body is larger than {_MAX_BODY_BYTES} bytes", 413)
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(f"the request body is not valid JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    return body
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _json(status: int, payload: dict) -> Response:
+    from starlette.responses import Response
+
+    return Response(json.dumps(payload), status, media_type="application/json")
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> Response:
+    code = kind if kind == "model_not_found" else None
+    kind = "invalid_request_error" if kind == "model_not_found" else kind
+    return _json(status, {"error": {"message": message, "type": kind, "param": None,
+                                    "code": code}})
 
 
 def steering_context(target: WhiteBoxTarget, direction: str | Path, *, alpha: float | None = None,
@@ -136,231 +315,6 @@ def _check_steering(direction: str | Path | None, alpha: float | None, ablate: b
         raise UserError("--layer applies to --alpha only; ablation acts at every layer.")
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _ChatHandler(BaseHTTPRequestHandler):
-    server: ChatServer
-    protocol_version = "HTTP/1.1"  # keep-alive for JSON replies; SSE uses chunked encoding
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        logger.info("%s %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        card = {"id": self.server.target.name, "object": "model",
-                "created": self.server.created, "owned_by": "alignparadox"}
-        if path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [card]})
-        elif path == f"/v1/models/{self.server.target.name}":
-            self._send_json(200, card)
-        else:
-            self._send_error(404, f"no route GET {path}", "not_found_error")
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path != "/v1/chat/completions":
-            self.close_connection = True  # the unread body must not be parsed as a request
-            self._send_error(404, f"no route POST {path}", "not_found_error")
-            return
-        try:
-            request = self._read_json()
-            messages, config, stream, include_usage = _parse_chat_request(
-                request, self.server.default_max_tokens)
-        except _BadRequest as error:
-            self.close_connection = error.status in (411, 413)  # body left unread
-            self._send_error(error.status, str(error))
-            return
-        except UserError as error:
-            self._send_error(400, str(error))
-            return
-        target = self.server.target
-        with self.server.model_lock, self.server.generation_context():
-            try:
-                reply = _Reply(target.name, len(target.token_ids(messages)))
-            except UserError as error:  # template rejects the messages, or prompt too long
-                self._send_error(400, str(error))
-                return
-            if stream:
-                self._stream(reply, messages, config, include_usage)
-                return
-            try:
-                generation = target.complete([messages], config)[0]
-            except Exception:
-                logger.exception("generation failed")
-                self._send_error(500, "generation failed; see the server log", "server_error")
-                return
-            self._send_json(200, reply.completion(generation))
-
-    def _stream(self, reply: _Reply, messages: list[dict], config: GenerationConfig,
-                include_usage: bool) -> None:
-        text_stream = self.server.target.stream(messages, config)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            self._send_event(reply.chunk({"role": "assistant", "content": ""}))
-            for piece in text_stream:
-                self._send_event(reply.chunk({"content": piece}))
-            generation = text_stream.generation
-            self._send_event(reply.chunk({}, finish_reason=generation.finish_reason))
-            if include_usage:
-                self._send_event(reply.usage_chunk(generation))
-            self._send_chunk(b"data: [DONE]\n\n")
-            self._send_chunk(b"")
-        except (BrokenPipeError, ConnectionResetError):
-            logger.info("%s went away; generation stopped", self.address_string())
-            self.close_connection = True
-        except Exception:  # the status line is sent already: log it and cut the stream short
-            logger.exception("generation failed")
-            self.close_connection = True
-        finally:
-            text_stream.close()
-
-    def _read_json(self) -> dict:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise _BadRequest("the request needs a Content-Length header", 411)
-        if int(length) > _MAX_BODY_BYTES:
-            raise _BadRequest(f"the request body is larger than {_MAX_BODY_BYTES} bytes", 413)
-        try:
-            body = json.loads(self.rfile.read(int(length)))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise _BadRequest(f"the request body is not valid JSON: {error}") from error
-        if not isinstance(body, dict):
-            raise _BadRequest("the request body must be a JSON object")
-        return body
-
-    def _send_json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_error(self, status: int, message: str,
-                    kind: str = "invalid_request_error") -> None:
-        self._send_json(status, {"error": {"message": message, "type": kind,
-                                           "param": None, "code": None}})
-
-    def _send_event(self, payload: dict) -> None:
-        self._send_chunk(f"data: {json.dumps(payload)}\n\n".encode())
-
-    def _send_chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-
-class _Reply:
-    """OpenAI response bodies for one completion."""
-
-    def __init__(self, model: str, prompt_tokens: int) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-        self.prompt_tokens = prompt_tokens
-
-    def _usage(self, generation) -> dict:
-        completion_tokens = len(generation.token_ids)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self.prompt_tokens + completion_tokens}
-
-    def completion(self, generation) -> dict:
-        return {
-            "id": self.id, "object": "chat.completion", "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "finish_reason": generation.finish_reason, "logprobs": None,
-                         "message": {"role": "assistant", "content": generation.text}}],
-            "usage": self._usage(generation),
-        }
-
-    def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
-                             "logprobs": None}]}
-
-    def usage_chunk(self, generation) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": self._usage(generation)}
-
-
-def _parse_chat_request(
-    request: dict, default_max_tokens: int
-) -> tuple[list[dict], GenerationConfig, bool, bool]:
-    """Messages, decoding settings, stream flag and include-usage flag of a chat request.
-    Temperature 0 means greedy; a request without a seed gets a fresh random one, as with the
-    OpenAI API, so repeated sampled requests differ unless the caller fixes the seed."""
-    from alignparadox.targets.whitebox import GenerationConfig
-
-    for field, neutral in _UNSUPPORTED.items():
-        if request.get(field) not in neutral:
-            raise _BadRequest(f"{field!r} is not supported by this server")
-    if request.get("n", 1) != 1:
-        raise _BadRequest("only n=1 is supported")
-    messages = _parse_messages(request.get("messages"))
-    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
-    max_tokens = default_max_tokens if max_tokens is None else max_tokens
-    temperature = _number(request, "temperature", 1.0, low=0.0, high=2.0)
-    top_p = _number(request, "top_p", 1.0, low=0.0, high=1.0)
-    seed = request.get("seed")
-    seed = secrets.randbits(63) if seed is None else seed
-    if not _is_int(max_tokens) or max_tokens < 1:
-        raise _BadRequest("max_tokens must be a positive integer")
-    if not _is_int(seed):
-        raise _BadRequest("seed must be an integer")
-    if top_p == 0:
-        raise _BadRequest("top_p must be greater than 0")
-    stream = request.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _BadRequest("stream must be true or false")
-    options = request.get("stream_options") or {}
-    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=temperature > 0,
-                              temperature=temperature if temperature > 0 else 1.0,
-                              top_p=top_p, seed=seed % (1 << 63), batch_size=1)
-    return messages, config, stream, include_usage
-
-
-def _parse_messages(messages: Any) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("messages must be a non-empty list")
-    parsed = []
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _BadRequest("each message must be an object with a string 'role'")
-        content = message.get("content")
-        if isinstance(content, list):  # content parts: only text parts are meaningful here
-            if any(not isinstance(part, dict) or part.get("type") != "text" for part in content):
-                raise _BadRequest("only text content parts are supported")
-            content = "".join(str(part.get("text", "")) for part in content)
-        elif content is None:
-            content = ""
-        elif not isinstance(content, str):
-            raise _BadRequest("message content must be a string or a list of text parts")
-        parsed.append({"role": message["role"], "content": content})
-    return parsed
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(request: dict, field: str, default: float, *, low: float, high: float) -> float:
-    value = request.get(field)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise _BadRequest(f"{field} must be a number in [{low:g}, {high:g}]")
-    return float(value)
-
-
 def serve(
     spec: str = typer.Argument(
         ..., help="Target: organism:NAME, a local Hugging Face model folder, or a Hub id."),
@@ -384,30 +338,49 @@ def serve(
         False, "--ablate", help="With --direction: project the direction out at every layer."),
     layer: int | None = typer.Option(
         None, help="With --alpha: layer to add at (default: the direction's own layer)."),
+    max_batch: int = typer.Option(
+        16, help="Most requests decoded together; 1 decodes each alone, bit-identical to "
+        "local generation (batching can flip a greedy token by float rounding)."),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for the model (default: torch's; 1-2 is often fastest on a "
+        "busy machine)."),
 ) -> None:
-    """Serve a white-box target over an OpenAI-compatible chat API (one generation at a time)."""
+    """Serve a white-box target over an OpenAI-compatible API, batching concurrent requests."""
     from rich.console import Console
+    from rich.markup import escape
 
     from alignparadox.targets.whitebox import open_target
 
     console = Console(stderr=True)
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {max_tokens}.")
+    if not 0 <= port <= 65535:  # checked before a possibly long model load
+        raise UserError(f"--port must be between 0 and 65535, got {port}.")
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}.")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}.")
     _check_steering(direction, alpha, ablate, layer)  # before a possibly long model load
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     target = open_target(spec, device=device, dtype=dtype, chat_template=chat_template,
                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     steering = (steering_context(target, direction, alpha=alpha, ablate=ablate, layer=layer)
                 if direction is not None else None)
     server = make_server(target, host, port, generation_context=steering,
-                         default_max_tokens=max_tokens)
+                         default_max_tokens=max_tokens, max_batch=max_batch)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it "
                       "can query the model.")
     steered = ("" if direction is None else f", ablating {direction}" if ablate
                else f", steered along {direction} with alpha {alpha:g}")
-    console.print(f"serving [bold]{target.name}[/bold] ({target.device}, {target.model.dtype}"
-                  f"{steered}) at {server.base_url} — Ctrl-C to stop", highlight=False)
+    batching = "each request alone" if max_batch == 1 else f"batches of up to {max_batch}"
+    console.print(f"serving [bold]{escape(target.name)}[/bold] ({target.device}, "
+                  f"{target.model.dtype}{escape(steered)}, {batching}) at {server.base_url} — "
+                  "Ctrl-C to stop", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

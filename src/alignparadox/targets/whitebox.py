@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from alignparadox.batching import BackOff
 from alignparadox.errors import UserError
+from alignparadox.targets.providers import provider_for
 
 Prompt = str | list[dict]
 FinishReason = Literal["stop", "length"]
@@ -73,6 +76,15 @@ def pick_dtype(device: torch.device, preference: str | torch.dtype | None = None
     if device.type == "mps":
         return torch.float16
     return torch.float32
+
+
+def device_map(device: torch.device) -> str:
+    """How `from_pretrained` places the weights: "auto" (layers spread over every GPU, loaded
+    straight onto them) for plain "cuda" on a machine with several GPUs, so a model bigger than
+    one GPU loads; otherwise all of it on `device` ("cuda:1" pins one GPU)."""
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return "auto"
+    return str(device)
 
 
 @dataclass
@@ -220,11 +232,17 @@ class WhiteBoxTarget:
         """Float32 logits of the next token after each prompt, shape (len(prompts), vocab).
         Computed without gradients; attacks that need them run their own forward pass."""
         rows = []
+        back_off = BackOff(f"next-token logits of {self.name}")
         for start in range(0, len(prompts), batch_size):
             batch = self.encode(prompts[start:start + batch_size], chat=chat)
-            output = self.model(**batch, position_ids=_positions(batch["attention_mask"]),
-                                use_cache=False, logits_to_keep=1)
-            rows.append(output.logits[:, -1].float())
+
+            def forward(part: slice, batch=batch) -> torch.Tensor:
+                inputs = {key: value[part] for key, value in batch.items()}
+                output = self.model(**inputs, position_ids=_positions(inputs["attention_mask"]),
+                                    use_cache=False, logits_to_keep=1)
+                return output.logits[:, -1].float()
+
+            rows += [logits for _, logits in back_off.run(len(batch["input_ids"]), forward)]
         return torch.cat(rows)
 
     def generate(
@@ -250,7 +268,11 @@ class WhiteBoxTarget:
         """Like `generate`, with token ids and finish reasons. Prompts are batched by length
         (longest first, to waste little padding); the result is returned in prompt order. One
         seeded generator serves the whole call, so sampled answers reproduce for the same
-        prompts, config and batch size."""
+        prompts, config and batch size.
+
+        A batch that runs out of memory is split in halves and retried, and later batches keep
+        the smaller size (greedy answers stay the same; sampled ones then follow the smaller
+        batches); only a single prompt that does not fit is a UserError."""
         config = config or GenerationConfig()
         encoded = [self.token_ids(prompt, chat=chat) for prompt in prompts]
         order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
@@ -258,12 +280,18 @@ class WhiteBoxTarget:
                    for start in range(0, len(order), config.batch_size)]
         generator = self._generator(config)
         results: list[Generation | None] = [None] * len(encoded)
-        for batch in _progress(batches, progress, f"generating with {self.name}"):
-            steps = list(self._decode(self._pad([encoded[index] for index in batch]), config,
+        back_off = BackOff(f"generating with {self.name}")
+
+        def decode(rows: list[int]) -> list[list[int]]:
+            steps = list(self._decode(self._pad([encoded[index] for index in rows]), config,
                                       generator))
-            new_tokens = torch.stack(steps, 1).tolist() if steps else [[] for _ in batch]
-            for index, tokens in zip(batch, new_tokens, strict=True):
-                results[index] = self._finish(tokens, config)
+            return torch.stack(steps, 1).tolist() if steps else [[] for _ in rows]
+
+        for batch in _progress(batches, progress, f"generating with {self.name}"):
+            for part, new_tokens in back_off.run(len(batch),
+                                                 lambda part, rows=batch: decode(rows[part])):
+                for index, tokens in zip(batch[part], new_tokens, strict=True):
+                    results[index] = self._finish(tokens, config)
         return results  # type: ignore[return-value]
 
     def stream(self, prompt: Prompt, config: GenerationConfig | None = None, *,
@@ -453,9 +481,11 @@ def load_target(
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, device_map=str(device), use_safetensors=bool(safe_files),
+            folder, dtype=dtype, device_map=device_map(device), use_safetensors=bool(safe_files),
             trust_remote_code=trust_remote_code,
         )
+    except SafetensorError as error:
+        raise UnreadableWeightsError(_unreadable(safe_files, error)) from None
     except (OSError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise UserError(f"could not load {name_or_path}: {first_line}") from error
@@ -466,14 +496,40 @@ def load_target(
                           weight_files=safe_files or pickle_files)
 
 
-def open_target(spec: str, **kwargs) -> WhiteBoxTarget:
-    """`organism:NAME` opens a trained organism (built on first use); anything else is a local
-    folder or Hub id for `load_target`. Keyword arguments go to `load_target`."""
-    if spec.startswith("organism:"):
-        from alignparadox.organisms import organism_path
+class UnreadableWeightsError(RuntimeError):
+    """A weights file that is there but cannot be read (truncated or corrupt).
 
+    Not a UserError on purpose: a study stops at a UserError, while one damaged checkpoint
+    should only fail the cells of its target. `user_error` makes the CLI print it as a sentence.
+    """
+
+    user_error = True
+
+
+def _unreadable(files: Sequence[Path], error: Exception) -> str:
+    """One sentence naming the first weights file whose header cannot be read."""
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except SafetensorError as file_error:
+            error = file_error
+            break
+    else:
+        file = None
+    where = f"{file} is truncated or corrupt" if file else "a *.safetensors file is corrupt"
+    return f"cannot read the model weights: {where} ({error}); copy or save the model again."
+
+
+def open_target(spec: str, **kwargs) -> WhiteBoxTarget:
+    """`SCHEME:NAME` opens a provider's target (`organism:NAME`: a trained organism, built on
+    first use); anything else is a local folder or Hub id for `load_target`. Keyword arguments
+    go to `load_target`."""
+    found = provider_for(spec)
+    if found is not None:
+        provider, name = found
         kwargs.setdefault("name", spec)
-        return load_target(organism_path(spec.removeprefix("organism:")), **kwargs)
+        return load_target(provider.resolve(name), **kwargs)
     return load_target(spec, **kwargs)
 
 
@@ -509,14 +565,15 @@ def _local_folder(name_or_path: str) -> Path | None:
 
 
 def check_target(spec: str) -> None:
-    """Refuse, without loading anything, a white-box spec that `open_target` would refuse: an
-    unknown organism, an endpoint, a missing folder, a folder without safetensors weights or
-    config.json, or a Hub id that an offline machine has no copy of. Studies call it for every
+    """Refuse, without loading anything, a white-box spec that `open_target` would refuse: a
+    name its provider does not know (an unknown organism), an endpoint, a missing folder, a
+    folder without safetensors weights or config.json, or a Hub id that an offline machine has
+    no copy of. Studies call it for every
     cell before anything is written."""
-    if spec.startswith("organism:"):
-        from alignparadox.organisms.family import require_member
-
-        require_member(spec.removeprefix("organism:"))
+    found = provider_for(spec)
+    if found is not None:
+        provider, name = found
+        provider.check(name)
         return
     if spec.startswith(("http://", "https://")):
         raise UserError(f"{spec} is an endpoint; this measurement needs a white-box target "

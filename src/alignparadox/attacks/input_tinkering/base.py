@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from alignparadox.datasets.records import PromptRecord, PromptSet
     from alignparadox.judges.base import Judge, Verdict
     from alignparadox.report.html import ReportOptions, Section
+    from alignparadox.study.cells import Cell
     from alignparadox.study.store import CellRecord
     from alignparadox.targets.whitebox import GenerationConfig
 
@@ -151,13 +152,18 @@ def fits(target: Target, prompt: Prompt, max_new_tokens: int) -> bool:
 def query(target: Target, prompts: Sequence[Prompt],
           config: GenerationConfig) -> list[str | QueryFailure]:
     """One outcome per prompt, in order. Endpoint failures (after their retries) and white-box
-    prompts that do not fit the context become `QueryFailure`s; the rest are answered."""
+    prompts that do not fit the context become `QueryFailure`s; the rest are answered.
+    Endpoint results are counted in the study cell's tally: a dead endpoint fails the cell."""
     if not prompts:
         return []
     generate_results = getattr(target, "generate_results", None)
     if generate_results is not None:
+        from alignparadox.targets.endpoint import count_endpoint_results
+
+        results = generate_results(list(prompts), config)
+        count_endpoint_results(results)
         return [outcome if isinstance(outcome, str) else QueryFailure(str(outcome))
-                for outcome in generate_results(list(prompts), config)]
+                for outcome in results]
     if not is_white_box(target):
         return list(target.generate(list(prompts), config))
     outcomes: list[str | QueryFailure] = [QueryFailure("")] * len(prompts)
@@ -204,6 +210,26 @@ def harmful_requests(prompt_set: str, n: int, seed: int) -> PromptSet:
     if not len(harmful):
         raise UserError(f"prompt set {prompt_set!r} has no harmful requests to attack.")
     return harmful.sample(min(n, len(harmful)), seed)
+
+
+def cell_requests(cell: Cell) -> PromptSet:
+    """Up to the cell's `n_requests` harmful requests of its behaviour set's test split (a
+    seeded sample): what an input-tinkering measurement attacks."""
+    from alignparadox.datasets.behaviours import HARMFUL
+    from alignparadox.study.inputs import cell_behaviours
+
+    n = cell.settings["n_requests"]
+    require_positive(n_requests=n)
+    return cell_behaviours(cell, needs_harmless=False).requests(HARMFUL, "test", n, cell.seed)
+
+
+def check_cell_inputs(cell: Cell) -> None:
+    """Refuse, before anything runs, a cell without harmful requests or with a bad judge."""
+    from alignparadox.judges.registry import check_judge
+    from alignparadox.study.inputs import cell_judge, check_behaviours
+
+    check_behaviours(cell, needs_harmless=False)
+    check_judge(cell_judge(cell))
 
 
 def failed_result(record: PromptRecord, message: str, queries: int,

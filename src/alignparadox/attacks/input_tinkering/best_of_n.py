@@ -37,6 +37,8 @@ from alignparadox.attacks.input_tinkering.base import (
     Target,
     attack_section,
     by_strength,
+    cell_requests,
+    check_cell_inputs,
     failed_result,
     generation_config,
     judge_requests,
@@ -45,12 +47,13 @@ from alignparadox.attacks.input_tinkering.base import (
     samples,
     summarize,
 )
+from alignparadox.datasets.augmentation import Augmentation
 from alignparadox.datasets.records import PromptRecord, PromptSet
-from alignparadox.errors import UserError
 from alignparadox.judges.base import Judge
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, table
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
+from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_judge
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
@@ -58,43 +61,6 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Probabilities of the three text augmentations (the paper's values by default)."""
-
-    scramble: float = 0.6
-    capitalize: float = 0.6
-    noise: float = 0.06
-
-    @classmethod
-    def from_sigma(cls, sigma: float) -> Augmentation:
-        """The authors' code's single strength knob: sqrt(sigma), sqrt(sigma), sigma^3 (their
-        sigma = 0.4 is about the paper's 0.6 / 0.6 / 0.06); smaller is gentler."""
-        if not 0 <= sigma <= 1:
-            raise UserError(f"augmentation sigma must be in [0, 1], got {sigma}.")
-        return cls(math.sqrt(sigma), math.sqrt(sigma), sigma**3)
-
-    def apply(self, text: str, rng: random.Random) -> str:
-        words = []
-        for word in text.split(" "):
-            if len(word) > 3 and rng.random() < self.scramble:
-                middle = list(word[1:-1])
-                rng.shuffle(middle)
-                word = word[0] + "".join(middle) + word[-1]
-            words.append(word)
-        characters = []
-        for character in " ".join(words):
-            if character.isalpha() and rng.random() < self.capitalize:
-                character = character.upper()
-            if 32 <= ord(character) <= 126 and rng.random() < self.noise:
-                step = rng.choice((-1, 1))
-                if not 32 <= ord(character) + step <= 126:
-                    step = -step  # stay printable: the ends of the range move inwards
-                character = chr(ord(character) + step)
-            characters.append(character)
-        return "".join(characters)
 
 
 def augmented(record: PromptRecord, index: int, seed: int, augmentation: Augmentation) -> str:
@@ -229,22 +195,24 @@ class BestOfNAttack(Measurement):
     name = "best_of_n"
     title = "Input tinkering: Best-of-N augmentation"
     order = 43
-    defaults = {"prompt_set": "organisms", "n_requests": 32, "n": 256, "temperature": 1.0,
-                "sigma": None, "judge": "organism", "max_new_tokens": 80, "batch_size": 64}
+    defaults = {**BEHAVIOUR_SETTINGS, "n_requests": 32, "n": 256, "temperature": 1.0,
+                "sigma": None, "judge": None, "max_new_tokens": 80, "batch_size": 64}
 
     def check(self, cell: Cell) -> None:
         s = cell.settings
         require_positive(**{"n_requests": s["n_requests"], "sample budget n": s["n"]})
         if s["sigma"] is not None:
             Augmentation.from_sigma(s["sigma"])
+        check_cell_inputs(cell)
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
-        from alignparadox.attacks.input_tinkering.base import harmful_requests, open_any_target
+        from alignparadox.attacks.input_tinkering.base import open_any_target
         from alignparadox.judges.registry import make_judge
 
         s = cell.settings
         target = open_any_target(cell.target)
-        requests = harmful_requests(s["prompt_set"], s["n_requests"], cell.seed)
+        requests = cell_requests(cell)
+        judge = cell_judge(cell)
         augmentation = (Augmentation() if s["sigma"] is None
                         else Augmentation.from_sigma(s["sigma"]))
         config = BestOfNConfig(n=s["n"], temperature=s["temperature"],
@@ -257,13 +225,13 @@ class BestOfNAttack(Measurement):
             finished += 1
             context.progress(finished, len(requests))
 
-        results = run(target, make_judge(s["judge"]), requests, config, on_result=progress)
+        results = run(target, make_judge(judge), requests, config, on_result=progress)
         outcome = summarize(results)
         curve = asr_curve(results, s["n"])
         outcome.update(curve=curve, power_law=fit_power_law(curve), samples=samples(results))
         return CellResult(outcome, target_id=target.name,
                           weight_hash=getattr(target, "weight_hash", None),
-                          prompt_sets={requests.name: requests.sha256}, judge=s["judge"])
+                          prompt_sets={requests.name: requests.sha256}, judge=judge)
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)

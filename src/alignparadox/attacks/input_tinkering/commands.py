@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,7 +28,11 @@ from alignparadox.attacks.input_tinkering.base import (
     summarize,
     write_json_atomic,
 )
+from alignparadox.datasets.io import check_output_folder
 from alignparadox.errors import UserError
+
+if TYPE_CHECKING:
+    from alignparadox.datasets.records import PromptSet
 
 
 class _AttackGroup(TyperGroup):
@@ -48,7 +52,9 @@ app = typer.Typer(help="Input tinkering: jailbreak templates, PAIR, Best-of-N an
 TargetArgument = Annotated[str, typer.Argument(
     help="organism:NAME, a model folder or Hub id, or http(s)://HOST/v1#MODEL.")]
 PromptSetOption = Annotated[str, typer.Option(
-    "--prompt-set", help="Registered prompt set (or file); its harmful requests are attacked.")]
+    "--prompt-set", help="Registered prompt set, or a file of your own (.csv/.tsv with a text "
+    "column, or .jsonl as `paradox prompts sample --out` writes); its harmful requests are "
+    "attacked (rows without a harmful column count as harmful).")]
 RequestsOption = Annotated[int, typer.Option("--n-requests", help="Harmful requests sampled.")]
 JudgeOption = Annotated[str, typer.Option("--judge", help="Judge spec (see `paradox judges`).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and augmentations.")]
@@ -64,9 +70,27 @@ RetriesOption = Annotated[int, typer.Option(
     "--retries", help="Endpoint targets: retries per request on 429/5xx/dropped connections.")]
 
 
+def _requests(prompt_set: str, n: int, seed: int) -> PromptSet:
+    """A seeded sample of harmful requests from a registered set or from a file of one's own
+    (anything with a file suffix or a folder in it: registered names have neither)."""
+    from alignparadox.datasets.loaders import PROMPT_FILE_SUFFIXES, load_prompt_file
+
+    path = Path(prompt_set)
+    if path.suffix.lower() not in PROMPT_FILE_SUFFIXES and len(path.parts) < 2:
+        return harmful_requests(prompt_set, n, seed)
+    require_positive(n_requests=n)
+    harmful = load_prompt_file(path).harmful()
+    if not len(harmful):
+        raise UserError(f"prompt file {prompt_set} has no harmful requests to attack.")
+    return harmful.sample(min(n, len(harmful)), seed)
+
+
 def _open(spec: str, concurrency: int, rpm: float | None, retries: int) -> Target:
     return open_any_target(spec, concurrency=concurrency, requests_per_minute=rpm,
                            max_retries=retries)
+
+
+_DAMAGED = object()  # a run.json that is not JSON
 
 
 class _Output:
@@ -80,16 +104,28 @@ class _Output:
             return
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--out {folder} is a file, not a folder.")
+        check_output_folder(folder, "--out")
         folder.mkdir(parents=True, exist_ok=True)
         run_file = folder / "run.json"
-        if run_file.exists():
-            previous = json.loads(run_file.read_text(encoding="utf-8"))
-            if previous != settings:
-                raise UserError(f"{folder} holds a run with other settings; give another --out "
-                                "or the same settings to resume it.")
-        else:
-            write_json_atomic(run_file, settings)
         self.log = ResultLog(folder / "results.jsonl")
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            previous = None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            previous = _DAMAGED
+        if previous == settings:
+            return  # resume
+        if self.log.done():  # finished results of another (or an unknown) run: keep them
+            if previous is _DAMAGED:
+                raise UserError(f"{run_file} is damaged, so the results beside it cannot be "
+                                "resumed; give another --out or delete the folder.")
+            raise UserError(f"{folder} holds a run with other settings; give another --out "
+                            "or the same settings to resume it.")
+        # Nothing finished to resume (a run that failed, e.g. on a wrong target, or one whose
+        # every query failed): the corrected command starts afresh instead of being blocked.
+        self.log.path.unlink(missing_ok=True)
+        write_json_atomic(run_file, settings)
 
     def done(self) -> frozenset[str]:
         return frozenset(self.log.done()) if self.log else frozenset()
@@ -115,7 +151,7 @@ def _print(title: str, target: str, summary: dict[str, Any]) -> None:
     rate = f"{asr['rate']:.3f}" if asr["n"] else "-"
     table.add_row(target, rate, f"[{asr['low']:.3f}, {asr['high']:.3f}]",
                   f"{asr['k']}/{asr['n']}", str(queries["median"]), str(summary["errors"]))
-    Console().print(table)
+    Console(markup=False).print(table)  # target names may hold brackets
 
 
 @app.command()
@@ -150,7 +186,7 @@ def templates(
     pool = (attack.load_template_file(template_file, append=not no_append) if template_file
             else attack.corpus_templates(template_set))
     judge_ = make_judge(judge)
-    requests = harmful_requests(prompt_set, n_requests, seed)
+    requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "templates", "target": target, "prompt_set": prompt_set,
                            "n_requests": n_requests, "templates": str(template_file or
                                                                      template_set),
@@ -172,7 +208,7 @@ def templates(
     for row in summary["top_templates"]:
         best.add_row(row["template"], f"{row['asr']['rate']:.3f}",
                      f"{row['asr']['k']}/{row['asr']['n']}", row["preview"])
-    Console().print(best)
+    Console(markup=False).print(best)  # template openings hold "[...]" literally
     if too_long:
         Console(stderr=True).print(f"{too_long} templates did not fit the target's context "
                                    "with a full answer and were left out.")
@@ -207,7 +243,7 @@ def pair(
                                attacker_max_new_tokens=attacker_max_new_tokens,
                                batch_size=batch_size, seed=seed)
     judge_ = make_judge(judge)
-    requests = harmful_requests(prompt_set, n_requests, seed)
+    requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "pair", "target": target, "attacker": attacker,
                            "streams": streams, "rounds": rounds, "prompt_set": prompt_set,
                            "n_requests": n_requests, "judge": judge, "seed": seed,
@@ -253,7 +289,7 @@ def bon(
     config = attack.BestOfNConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, seed=seed, augmentation=augmentation)
     judge_ = make_judge(judge)
-    requests = harmful_requests(prompt_set, n_requests, seed)
+    requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "bon", "target": target, "n": n, "sigma": sigma,
                            "temperature": temperature, "prompt_set": prompt_set,
                            "n_requests": n_requests, "judge": judge, "seed": seed,
@@ -294,6 +330,11 @@ def gcg(
     draft: Annotated[str | None, typer.Option(
         "--draft", help="Smaller white-box model with the same tokenizer for probe "
         "sampling.")] = None,
+    screen_dtype: Annotated[str, typer.Option(
+        "--screen-dtype", help="Dtype candidates are screened in before the exact re-score: "
+        "auto (bf16 on fast-bf16 hardware), model (none), bfloat16, float16.")] = "auto",
+    rescore_k: Annotated[int, typer.Option(
+        "--rescore-k", help="Best screened candidates re-scored in the model's dtype.")] = 2,
     prompt_set: PromptSetOption = "organisms",
     n_requests: RequestsOption = 8,
     judge: JudgeOption = "organism",
@@ -303,9 +344,11 @@ def gcg(
 ) -> None:
     """GCG adversarial suffix per request (white-box targets only)."""
     from alignparadox.attacks.input_tinkering.gcg_measurement import (
+        default_behaviours,
         require_white_box,
-        target_text,
+        target_texts,
     )
+    from alignparadox.datasets.records import PromptSet as RequestSet  # run time, not typing
 
     for spec in (target, draft):
         if spec is not None:
@@ -318,25 +361,28 @@ def gcg(
     config = attack.GCGConfig(num_steps=steps, suffix_length=suffix_length,
                               search_width=search_width, topk=topk, n_replace=n_replace,
                               buffer_size=buffer_size, batch_size=batch_size,
-                              early_stop=early_stop, seed=seed, check_tokens=max_new_tokens,
+                              early_stop=early_stop, screen_dtype=screen_dtype,
+                              rescore_k=rescore_k, seed=seed, check_tokens=max_new_tokens,
                               progress=True)
     judge_ = make_judge(judge)
-    requests = harmful_requests(prompt_set, n_requests, seed)
+    requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "gcg", "target": target, "steps": steps,
                            "suffix_length": suffix_length, "search_width": search_width,
                            "topk": topk, "n_replace": n_replace, "buffer_size": buffer_size,
                            "batch_size": batch_size, "early_stop": early_stop, "draft": draft,
+                           "screen_dtype": screen_dtype, "rescore_k": rescore_k,
                            "prompt_set": prompt_set, "n_requests": n_requests,
                            "judge": judge, "seed": seed, "max_new_tokens": max_new_tokens})
     model = _open(target, 1, None, 0)
     draft_model = _open(draft, 1, None, 0) if draft is not None else None
     done = output.done()
+    todo = [record for record in requests if record.id not in done]
+    goals = target_texts(model, RequestSet("todo", tuple(todo)), judge_,
+                         default_behaviours(target, seed), seed=seed,
+                         max_new_tokens=max_new_tokens)
     fresh = []
-    for record in requests:
-        if record.id in done:
-            continue
-        found = attack.run(model, record.text, target_text(record), config, judge=judge_,
-                           draft=draft_model)
+    for record, (goal, _) in zip(todo, goals, strict=True):
+        found = attack.run(model, record.text, goal, config, judge=judge_, draft=draft_model)
         prompt = f"{record.text}{config.separator}{found.best_suffix}"
         answer = model.generate([prompt], generation_config(max_new_tokens))[0]
         verdict = judge_requests(judge_, [record.text], [answer])[0]

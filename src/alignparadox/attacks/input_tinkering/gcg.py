@@ -15,7 +15,18 @@ What makes it fast, all exact (candidate losses equal a plain forward pass):
 - the gradient pass also leaves the KV cache of the current suffix, and candidates are sorted
   by the first position they change: a batch of candidates reuses the current suffix's cache up
   to its earliest change and runs only the tokens after it;
-- logits are computed for the target positions only.
+- logits are computed for the target positions only, and the last target token, whose logits
+  nothing reads, is not fed.
+
+Mixed-precision screening (`screen_dtype`): where the hardware has fast bf16 (CPUs with
+avx512_bf16 / amx_bf16, CUDA devices that support it) and the model is not tiny, every
+candidate is scored in bf16 under `torch.autocast` and only the best `rescore_k` are re-scored
+in the model's own dtype, in one batch; the step moves to the best of those by that exact loss,
+so every reported loss is exact. The candidate passes are nearly all of a step's compute, and
+bf16 matrix multiplies run several times faster than fp32 there. Autocast keeps its bf16 copies
+of the weights for the whole run (half the fp32 weights' memory on top of the model, freed when
+the run ends), so they are cast once, not once per step; the model itself is not changed. The
+gradient pass stays in the model's dtype: it also makes the KV cache the exact re-score reuses.
 
 Options: a candidate buffer, a universal suffix over several requests (mean loss), an ensemble
 of models sharing a tokenizer (summed loss), probe sampling with a smaller draft model (Zhao et
@@ -25,11 +36,14 @@ continuation of every prompt or, given a judge, when the judge calls the answers
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +55,25 @@ from alignparadox.targets.whitebox import GenerationConfig, WhiteBoxTarget
 
 _PLACEHOLDER = "\x1fGCG-SUFFIX\x1f"
 KV = list[tuple[torch.Tensor, torch.Tensor]]
+AUTO_SCREEN_PARAMETERS = 20_000_000
+_SCREEN_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                  "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
 class GCGConfig:
     """Settings of one GCG run. `suffix_init` (text) overrides the default initial suffix of
     `suffix_length` tokens ("x x x ..."). `batch_size` bounds the candidates per forward pass
-    (None: about one pass per 4 suffix positions). With a judge, success is checked by a greedy
+    (None: about one pass per 8 suffix positions). With a judge, success is checked by a greedy
     answer of `check_tokens` tokens every `check_every` steps and whenever the target string
-    becomes the greedy continuation; without one, that continuation is the success."""
+    becomes the greedy continuation; without one, that continuation is the success.
+
+    `screen_dtype` is the dtype candidates are screened in: "auto" (bf16 where the device has
+    fast bf16 and the model is big enough to gain, else none), "model" (none: every candidate
+    scored in the model's dtype), or a dtype name ("bfloat16", "float16"); a dtype no narrower
+    than the model's means none. The best `rescore_k` screened candidates are re-scored
+    exactly. `time_budget` (seconds, set-up included) ends the run after the step that spends
+    it, `num_steps` still being a cap."""
 
     num_steps: int = 250
     suffix_length: int = 20
@@ -66,12 +90,15 @@ class GCGConfig:
     check_tokens: int = 80
     probe_factor: int = 16
     probe_r: int = 8
+    screen_dtype: str = "auto"
+    rescore_k: int = 2
+    time_budget: float | None = None
     seed: int = 0
     progress: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_steps", "suffix_length", "search_width", "topk", "n_replace",
-                     "check_tokens", "probe_factor", "probe_r"):
+                     "check_tokens", "probe_factor", "probe_r", "rescore_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 label = "step budget (num_steps)" if name == "num_steps" else name
@@ -82,6 +109,13 @@ class GCGConfig:
         if self.buffer_size < 0 or self.check_every < 0 or (self.batch_size is not None
                                                             and self.batch_size < 1):
             raise UserError("GCG buffer_size and check_every must be >= 0, batch_size >= 1.")
+        if self.screen_dtype not in ("auto", "model", *_SCREEN_DTYPES):
+            raise UserError(f"GCG screen_dtype must be auto, model, "
+                            f"{', '.join(_SCREEN_DTYPES)}; got {self.screen_dtype!r}.")
+        if self.time_budget is not None and not (isinstance(self.time_budget, int | float)
+                                                 and self.time_budget > 0):
+            raise UserError(f"GCG time_budget must be a positive number of seconds, got "
+                            f"{self.time_budget!r}.")
 
 
 @dataclass
@@ -90,7 +124,8 @@ class GCGResult:
 
     `losses[i]` is the loss of the best candidate of step i+1 (mean cross-entropy of the target
     tokens, averaged over requests, summed over models); `step_seconds[i]` its wall time;
-    `success_step` the first step (1-based) whose suffix succeeded, or None.
+    `success_step` the first step (1-based) whose suffix succeeded, or None; `screen_dtype` the
+    dtype candidates were screened in (None: all scored in the model's dtype).
     """
 
     best_suffix: str
@@ -99,6 +134,7 @@ class GCGResult:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     success_step: int | None = None
+    screen_dtype: str | None = None
 
     @property
     def seconds_per_step(self) -> float:
@@ -116,6 +152,7 @@ def run(
 ) -> GCGResult:
     """Optimize one suffix, appended (after `config.separator`) to every request inside the
     user turn, so that each model answers each request with its target text."""
+    started = time.perf_counter()
     config = config or GCGConfig()
     targets = list(targets) if isinstance(targets, list | tuple) else [targets]
     requests = [requests] if isinstance(requests, str) else list(requests)
@@ -125,10 +162,11 @@ def run(
     generator = torch.Generator().manual_seed(config.seed)
 
     weight = 1 / len(requests)  # the loss is a mean over requests, a sum over models
-    objectives = [_Objective(t, r, goal, config.separator, weight)
+    objectives = [_Objective(t, r, goal, config.separator, weight, config.screen_dtype)
                   for t in targets for r, goal in zip(requests, target_texts, strict=True)]
-    drafts = ([_Objective(draft, r, goal, config.separator, weight)
+    drafts = ([_Objective(draft, r, goal, config.separator, weight, config.screen_dtype)
                for r, goal in zip(requests, target_texts, strict=True)] if draft else [])
+    screen = any(o.screen_dtype is not None for o in objectives)
     vocab = min(len(tokenizer), *(o.embeddings.shape[0] for o in objectives + drafts))
     allowed = allowed_tokens(tokenizer, vocab, config.allow_non_ascii)
     ids = _initial_ids(tokenizer, config)
@@ -141,59 +179,62 @@ def run(
     losses, seconds = [], []
     success_step = None
     steps = range(1, config.num_steps + 1)
-    for step in _progress(steps, config.progress, f"GCG on {targets[0].name}"):
-        started = time.perf_counter()
-        # 1. Gradient of the loss w.r.t. the one-hot suffix; caches of the current suffix.
-        current_loss, grad, current_kvs = 0.0, torch.zeros(len(ids), vocab), []
-        for objective in objectives:
-            loss, objective_grad, kv = objective.gradient(ids, vocab)
-            current_loss += loss * objective.weight
-            grad += objective_grad * objective.weight
-            current_kvs.append(kv)
-        if not buffer:
-            buffer = [(current_loss, ids)]
-        # 2. Candidates: top-k substitutions, distinct from the current suffix, round-trip safe.
-        candidates = sample_candidates(ids, grad, allowed, config.search_width, config.topk,
-                                       config.n_replace, generator)
-        candidates = candidates[(candidates != ids).any(1)].unique(dim=0)
-        keep = torch.ones(len(candidates), dtype=torch.bool)
-        for objective in _distinct_templates(objectives):
-            keep &= _consistent(objective, candidates)
-        candidates = candidates[keep]
-        # 3. Score them (probe sampling: score most of them with the draft model only).
-        if len(candidates) == 0:
-            step_loss, step_ids, matched = current_loss, ids, False
-        elif drafts:
-            step_loss, step_ids, matched = _probe_sampling_step(
-                objectives, current_kvs, drafts, ids, candidates, config, generator)
-        else:
-            candidate_losses, matches = _score(objectives, current_kvs, ids, candidates,
-                                               config.batch_size)
-            index = int(candidate_losses.argmin())
-            step_loss, step_ids, matched = (float(candidate_losses[index]), candidates[index],
-                                            bool(matches[index]))
-        # 4. Move (through the buffer, if any) and check for success.
-        buffer = _push(buffer, (step_loss, step_ids), config.buffer_size)
-        ids = buffer[0][1]
-        losses.append(step_loss)
-        if success_step is None and step_loss < best[0]:
-            best = (step_loss, step_ids)
-        if judge is None:
-            succeeded = matched
-        elif matched or (config.check_every and step % config.check_every == 0):
-            succeeded = judge_success(targets, requests, _decode(tokenizer, step_ids), judge,
-                                      config)
-        else:
-            succeeded = False
-        seconds.append(time.perf_counter() - started)
-        if succeeded and success_step is None:
-            success_step, best = step, (step_loss, step_ids)
-            if config.early_stop:
+    with _keep_screening_weights(objectives + drafts):
+        for step in _progress(steps, config.progress, f"GCG on {targets[0].name}"):
+            step_started = time.perf_counter()
+            # 1. Gradient of the loss w.r.t. the one-hot suffix; caches of the current suffix.
+            current_loss, grad, current_kvs = 0.0, torch.zeros(len(ids), vocab), []
+            for objective in objectives:
+                loss, objective_grad, kv = objective.gradient(ids, vocab)
+                current_loss += loss * objective.weight
+                grad += objective_grad * objective.weight
+                current_kvs.append(kv)
+            if not buffer:
+                buffer = [(current_loss, ids)]
+            # 2. Candidates: top-k substitutions, distinct from the current suffix, round-trip
+            # safe.
+            candidates = sample_candidates(ids, grad, allowed, config.search_width, config.topk,
+                                           config.n_replace, generator)
+            candidates = candidates[(candidates != ids).any(1)].unique(dim=0)
+            keep = torch.ones(len(candidates), dtype=torch.bool)
+            for objective in _distinct_templates(objectives):
+                keep &= _consistent(objective, candidates)
+            candidates = candidates[keep]
+            # 3. Score them (probe sampling: score most of them with the draft model only).
+            if len(candidates) == 0:
+                step_loss, step_ids, matched = current_loss, ids, False
+            elif drafts:
+                step_loss, step_ids, matched = _probe_sampling_step(
+                    objectives, current_kvs, drafts, ids, candidates, config, generator, screen)
+            else:
+                step_loss, step_ids, matched = select_candidate(
+                    objectives, current_kvs, ids, candidates, config, screen)
+            # 4. Move (through the buffer, if any) and check for success.
+            buffer = _push(buffer, (step_loss, step_ids), config.buffer_size)
+            ids = buffer[0][1]
+            losses.append(step_loss)
+            if success_step is None and step_loss < best[0]:
+                best = (step_loss, step_ids)
+            if judge is None:
+                succeeded = matched
+            elif matched or (config.check_every and step % config.check_every == 0):
+                succeeded = judge_success(targets, requests, _decode(tokenizer, step_ids), judge,
+                                          config)
+            else:
+                succeeded = False
+            seconds.append(time.perf_counter() - step_started)
+            if succeeded and success_step is None:
+                success_step, best = step, (step_loss, step_ids)
+                if config.early_stop:
+                    break
+            if (config.time_budget is not None
+                    and time.perf_counter() - started >= config.time_budget):
                 break
 
     best_loss, best_ids = best
+    dtypes = {str(o.screen_dtype).removeprefix("torch.") for o in objectives if o.screen_dtype}
     return GCGResult(_decode(tokenizer, best_ids), best_ids.tolist(), float(best_loss), losses,
-                     seconds, success_step)
+                     seconds, success_step, ", ".join(sorted(dtypes)) or None)
 
 
 # -- pieces of a step ----------------------------------------------------------------------------
@@ -237,39 +278,72 @@ def judge_success(targets: Sequence[WhiteBoxTarget], requests: Sequence[str], su
     return True
 
 
+def select_candidate(objectives: list[_Objective], current_kvs: list[KV], ids: torch.Tensor,
+                     candidates: torch.Tensor, config: GCGConfig,
+                     screen: bool) -> tuple[float, torch.Tensor, bool]:
+    """The candidate with the lowest exact loss, that loss, and whether the target text is its
+    greedy continuation. Screening: all are scored in the screening dtype first and only the
+    best `rescore_k` exactly (no screening when that would be all of them)."""
+    screen = screen and len(candidates) > config.rescore_k
+    losses, matches = _score(objectives, current_kvs, ids, candidates, config.batch_size,
+                             screen=screen)
+    return _pick(objectives, current_kvs, ids, candidates, losses, matches, config, screen)
+
+
+def _pick(objectives, current_kvs, ids, candidates, losses, matches, config,
+          screened: bool) -> tuple[float, torch.Tensor, bool]:
+    """The best of scored candidates; screened losses only rank them for an exact re-score of
+    the best `rescore_k`, in one batch, so the loss returned is always an exact one."""
+    if screened:
+        top = losses.topk(min(config.rescore_k, len(losses)), largest=False).indices
+        candidates = candidates[top]
+        losses, matches = _score(objectives, current_kvs, ids, candidates, len(candidates))
+    index = int(losses.argmin())
+    return float(losses[index]), candidates[index], bool(matches[index])
+
+
 def _score(objectives: list[_Objective], current_kvs: list[KV], ids: torch.Tensor,
-           candidates: torch.Tensor, batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+           candidates: torch.Tensor, batch_size: int | None,
+           screen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of every candidate (weighted over objectives), and whether the target text is the
-    greedy continuation for every objective."""
+    greedy continuation for every objective; `screen`: in each objective's screening dtype
+    (those losses are approximate, their match flags meaningless)."""
     losses = torch.zeros(len(candidates))
     matches = torch.ones(len(candidates), dtype=torch.bool)
     for objective, kv in zip(objectives, current_kvs, strict=True):
-        objective_losses, objective_matches = objective.candidate_losses(
-            candidates, ids, kv, batch_size)
+        with objective.precision(screen):
+            objective_losses, objective_matches = objective.candidate_losses(
+                candidates, ids, kv, batch_size)
         losses += objective_losses * objective.weight
         matches &= objective_matches
     return losses, matches
 
 
-def _probe_sampling_step(objectives, current_kvs, drafts, ids, candidates, config,
-                         generator) -> tuple[float, torch.Tensor, bool]:
+def _probe_sampling_step(objectives, current_kvs, drafts, ids, candidates, config, generator,
+                         screen: bool) -> tuple[float, torch.Tensor, bool]:
     """Probe sampling: the draft model scores every candidate; the target scores a random
     probe set; the better the two agree (Spearman), the fewer of the draft's favourites the
-    target re-scores. The best candidate the target scored wins."""
+    target also scores. The best candidate the target scored wins (by exact loss: screened
+    scores only pick which to re-score)."""
     from scipy.stats import spearmanr
 
     draft_kvs = [d.current_kv(ids) for d in drafts]
-    draft_losses, _ = _score(drafts, draft_kvs, ids, candidates, config.batch_size)
+    draft_losses, _ = _score(drafts, draft_kvs, ids, candidates, config.batch_size, screen)
     probe = torch.randperm(len(candidates), generator=generator)[
         :max(2, len(candidates) // config.probe_factor)]
-    probe_losses, _ = _score(objectives, current_kvs, ids, candidates[probe], config.batch_size)
+    probe_losses, probe_matches = _score(objectives, current_kvs, ids, candidates[probe],
+                                         config.batch_size, screen)
     rho = spearmanr(probe_losses.numpy(), draft_losses[probe].numpy()).statistic
     agreement = (1 + (0.0 if math.isnan(rho) else rho)) / 2
     size = max(1, min(len(candidates), int((1 - agreement) * len(candidates) / config.probe_r)))
-    chosen = torch.cat([probe, draft_losses.topk(size, largest=False).indices]).unique()
-    losses, matches = _score(objectives, current_kvs, ids, candidates[chosen], config.batch_size)
-    index = int(losses.argmin())
-    return float(losses[index]), candidates[chosen[index]], bool(matches[index])
+    favourites = draft_losses.topk(size, largest=False).indices
+    extra = favourites[~torch.isin(favourites, probe)]  # the probe set is scored already
+    extra_losses, extra_matches = _score(objectives, current_kvs, ids, candidates[extra],
+                                         config.batch_size, screen)
+    chosen = torch.cat([probe, extra])
+    return _pick(objectives, current_kvs, ids, candidates[chosen],
+                 torch.cat([probe_losses, extra_losses]),
+                 torch.cat([probe_matches, extra_matches]), config, screen)
 
 
 def _push(buffer: list, entry: tuple[float, torch.Tensor], size: int) -> list:
@@ -278,6 +352,65 @@ def _push(buffer: list, entry: tuple[float, torch.Tensor], size: int) -> list:
     if size == 0:
         return [entry]
     return sorted([*buffer, entry], key=lambda item: item[0])[:size]
+
+
+# -- precision -----------------------------------------------------------------------------------
+
+
+def has_fast_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 matrix multiplies are fast on `device`: CUDA that supports bf16; a CPU with
+    avx512_bf16 or amx_bf16 (x86) or the bf16 extension (Arm)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and _cpu_has_fast_bf16()
+
+
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        capabilities = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):
+        capabilities = {}
+    if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"):
+        return True
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {word for line in text.splitlines()
+             if line.lower().startswith(("flags", "features")) for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def screen_dtype_for(setting: str, model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype to screen candidates of `model` in, None for none. "auto": bf16 on fast-bf16
+    hardware for models of at least AUTO_SCREEN_PARAMETERS (below that a pass is per-operation
+    overhead, which casting only adds to: 1.1-1.4x slower steps on a 1M-parameter organism).
+    A dtype no narrower than the model's would be the exact pass again."""
+    if setting == "model":
+        return None
+    device = next(model.parameters()).device
+    if setting == "auto":
+        big = sum(p.numel() for p in model.parameters()) >= AUTO_SCREEN_PARAMETERS
+        dtype = torch.bfloat16 if big and has_fast_bf16(device) else None
+    else:
+        dtype = _SCREEN_DTYPES[setting]
+    if dtype is None or dtype.itemsize >= model.dtype.itemsize:
+        return None
+    return dtype
+
+
+@contextmanager
+def _keep_screening_weights(objectives: list[_Objective]) -> Iterator[None]:
+    """While open, autocast keeps the low-precision copies of the weights it makes (it drops
+    them whenever the outermost autocast region closes): entering a disabled region is enough
+    and changes no computation. Without it every step would cast all the weights again."""
+    device_types = {o.device.type for o in objectives if o.screen_dtype is not None}
+    with ExitStack() as stack:
+        for device_type in sorted(device_types):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
 
 
 # -- one (model, request) pair -------------------------------------------------------------------
@@ -291,9 +424,11 @@ class _Objective:
     """
 
     def __init__(self, target: WhiteBoxTarget, request: str, target_text: str,
-                 separator: str, weight: float = 1.0) -> None:
+                 separator: str, weight: float = 1.0, screen: str = "model") -> None:
         self.target, self.model, self.tokenizer = target, target.model, target.tokenizer
         self.weight = weight
+        self.device = target.device
+        self.screen_dtype = screen_dtype_for(screen, self.model)
         rendered = target.format_chat(request + separator + _PLACEHOLDER)
         if rendered.count(_PLACEHOLDER) != 1:
             raise UserError(f"the chat template of {target.name!r} does not keep the user turn "
@@ -301,7 +436,7 @@ class _Objective:
         self.before_text, self.after_text = rendered.split(_PLACEHOLDER)
         bos = self.tokenizer.bos_token
         self.add_special = not (bos and self.before_text.startswith(bos))
-        device = target.device
+        device = self.device
         self.before_ids = self._encode(self.before_text, self.add_special).to(device)
         self.after_ids = self._encode(self.after_text, False).to(device)
         self.target_ids = self._encode(target_text, False).to(device)
@@ -321,18 +456,27 @@ class _Objective:
         return torch.tensor(self.tokenizer(text, add_special_tokens=add_special)["input_ids"],
                             dtype=torch.long)
 
+    def precision(self, screen: bool):
+        """The region candidate passes run in: the screening dtype (autocast) when `screen` and
+        this model has one, else the model's own dtype, even inside an enclosing autocast."""
+        if screen and self.screen_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.screen_dtype)
+        return torch.autocast(self.device.type, enabled=False)
+
     def _forward(self, ids: torch.Tensor | None, kv: KV, *, embeds: torch.Tensor | None = None):
         """Logits of the target positions for `ids` (or `embeds`) run after the cached `kv`."""
         batch = len(ids if ids is not None else embeds)
         cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
                               for k, v in kv], config=self.model.config)
         output = self.model(input_ids=ids, inputs_embeds=embeds, use_cache=True,
-                            logits_to_keep=len(self.target_ids) + 1,
+                            logits_to_keep=len(self.target_ids),
                             **{self.cache_keyword: cache})
-        return output.logits[:, :-1].float(), getattr(output, self.cache_keyword)
+        return output.logits.float(), getattr(output, self.cache_keyword)
 
     def _tail(self, batch: int) -> torch.Tensor:
-        return torch.cat([self.after_ids, self.target_ids]).expand(batch, -1)
+        """The tokens after the suffix: the template's rest and the target text but its last
+        token, whose prediction would be the token after the target (never read)."""
+        return torch.cat([self.after_ids, self.target_ids[:-1]]).expand(batch, -1)
 
     def gradient(self, ids: torch.Tensor, vocab: int) -> tuple[float, torch.Tensor, KV]:
         """Loss of `ids`, its gradient w.r.t. the one-hot suffix (positions x vocab, on CPU),
@@ -367,7 +511,9 @@ class _Objective:
         change and runs only the rest."""
         first_change = (candidates != ids).int().argmax(1)
         order = first_change.argsort(stable=True)
-        batch_size = batch_size or max(1, math.ceil(len(candidates) * 4 / len(ids)))
+        # Fewer, bigger passes beat more prefix reuse: one pass per 8 suffix positions ran
+        # 9-13% faster than one per 4 at 100M (bf16 and fp32 alike); losses are the same.
+        batch_size = batch_size or max(1, math.ceil(len(candidates) * 8 / len(ids)))
         losses = torch.empty(len(candidates))
         matches = torch.empty(len(candidates), dtype=torch.bool)
         prefix_length = len(self.before_ids)
@@ -391,7 +537,7 @@ class _Objective:
         full = torch.cat([self.before_ids.expand(batch, -1), candidates.to(self.target.device),
                           self._tail(batch)], 1)
         logits = self.model(input_ids=full, use_cache=False,
-                            logits_to_keep=len(self.target_ids) + 1).logits[:, :-1].float()
+                            logits_to_keep=len(self.target_ids)).logits.float()
         targets = self.target_ids.expand(batch, -1)
         return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1).cpu()
 

@@ -32,6 +32,8 @@ from alignparadox.attacks.input_tinkering.base import (
     ResultCallback,
     Target,
     attack_section,
+    cell_requests,
+    check_cell_inputs,
     failed_result,
     generation_config,
     judge_requests,
@@ -45,6 +47,7 @@ from alignparadox.datasets.records import PromptRecord, PromptSet
 from alignparadox.judges.base import Judge, Verdict
 from alignparadox.report.html import ReportOptions, Section
 from alignparadox.study.cells import Cell
+from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_judge
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
@@ -279,22 +282,24 @@ class PAIRAttack(Measurement):
     name = "pair"
     title = "Input tinkering: attacker-LLM rewriting (PAIR)"
     order = 42
-    defaults = {"prompt_set": "organisms", "n_requests": 32, "attacker": "scripted",
-                "streams": 3, "rounds": 5, "judge": "organism", "max_new_tokens": 80,
+    defaults = {**BEHAVIOUR_SETTINGS, "n_requests": 32, "attacker": "scripted",
+                "streams": 3, "rounds": 5, "judge": None, "max_new_tokens": 80,
                 "attacker_max_new_tokens": 300, "batch_size": 32}
 
     def check(self, cell: Cell) -> None:
         s = cell.settings
         require_positive(n_requests=s["n_requests"], streams=s["streams"], rounds=s["rounds"])
+        check_cell_inputs(cell)
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
-        from alignparadox.attacks.input_tinkering.base import harmful_requests, open_any_target
+        from alignparadox.attacks.input_tinkering.base import open_any_target
         from alignparadox.judges.registry import make_judge
 
         s = cell.settings
         target = open_any_target(cell.target)
         attacker = open_attacker(s["attacker"], cell.seed)
-        requests = harmful_requests(s["prompt_set"], s["n_requests"], cell.seed)
+        requests = cell_requests(cell)
+        judge = cell_judge(cell)
         config = PAIRConfig(streams=s["streams"], rounds=s["rounds"],
                             max_new_tokens=s["max_new_tokens"],
                             attacker_max_new_tokens=s["attacker_max_new_tokens"],
@@ -306,13 +311,13 @@ class PAIRAttack(Measurement):
             finished += 1
             context.progress(finished, len(requests))
 
-        results = run(target, attacker, make_judge(s["judge"]), requests, config,
+        results = run(target, attacker, make_judge(judge), requests, config,
                       on_result=progress)
         outcome = summarize(results)
         outcome["samples"] = samples(results)
         return CellResult(outcome, target_id=target.name,
                           weight_hash=getattr(target, "weight_hash", None),
-                          prompt_sets={requests.name: requests.sha256}, judge=s["judge"])
+                          prompt_sets={requests.name: requests.sha256}, judge=judge)
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         return attack_section(self.title, rows, options, "PAIR ASR",

@@ -36,10 +36,11 @@ from alignparadox.attacks.input_tinkering.base import (
     ResultCallback,
     Target,
     by_strength,
+    cell_requests,
+    check_cell_inputs,
     failed_result,
     fits,
     generation_config,
-    harmful_requests,
     judge_requests,
     paradox_correlation,
     progress_steps,
@@ -54,6 +55,7 @@ from alignparadox.judges.base import Judge
 from alignparadox.report.html import ReportOptions, Section, redact, table
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
+from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_judge
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
@@ -255,14 +257,15 @@ class TemplatesAttack(Measurement):
     name = "templates"
     title = "Input tinkering: jailbreak templates"
     order = 40
-    defaults = {"prompt_set": "organisms", "n_requests": 32, "template_set": "jailbreak-templates",
-                "n_templates": 16, "top_k": 5, "judge": "organism", "max_new_tokens": 80,
+    defaults = {**BEHAVIOUR_SETTINGS, "n_requests": 32, "template_set": "jailbreak-templates",
+                "n_templates": 16, "top_k": 5, "judge": None, "max_new_tokens": 80,
                 "batch_size": 32}
 
     def check(self, cell: Cell) -> None:
         s = cell.settings
         require_positive(n_requests=s["n_requests"], n_templates=s["n_templates"],
                          top_k=s["top_k"], max_new_tokens=s["max_new_tokens"])
+        check_cell_inputs(cell)
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
         from alignparadox.attacks.input_tinkering.base import open_any_target
@@ -270,7 +273,8 @@ class TemplatesAttack(Measurement):
 
         s = cell.settings
         target = open_any_target(cell.target)
-        requests = harmful_requests(s["prompt_set"], s["n_requests"], cell.seed)
+        requests = cell_requests(cell)
+        judge = cell_judge(cell)
         chosen, too_long = select_templates(target, corpus_templates(s["template_set"]),
                                             requests, s["n_templates"], cell.seed,
                                             s["max_new_tokens"])
@@ -281,7 +285,7 @@ class TemplatesAttack(Measurement):
             finished += 1
             context.progress(finished, len(chosen) * len(requests))
 
-        results = run(target, make_judge(s["judge"]), requests, chosen,
+        results = run(target, make_judge(judge), requests, chosen,
                       max_new_tokens=s["max_new_tokens"], batch_size=s["batch_size"],
                       on_result=progress)
         outcome = summary(results, chosen, s["top_k"])
@@ -289,7 +293,7 @@ class TemplatesAttack(Measurement):
                        samples=samples([r for r in results if r.error is None]))
         return CellResult(outcome, target_id=target.name,
                           weight_hash=getattr(target, "weight_hash", None),
-                          prompt_sets={requests.name: requests.sha256}, judge=s["judge"])
+                          prompt_sets={requests.name: requests.sha256}, judge=judge)
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)

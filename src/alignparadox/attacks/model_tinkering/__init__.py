@@ -1,6 +1,7 @@
 """Model tinkering, the paradox's first incarnation: edit the internal state v(x) → v(x) + c·d.
 
-    refusal = fit_refusal_direction(target).direction      # train/validation prompts only
+    behaviours = behaviour_set(harmful="advbench", harmless="self-instruct-seed")
+    refusal = fit_refusal_direction(target, behaviours, judge).direction   # fit/select splits
     with ActivationAddition(refusal, alpha=-1.0).applied(target) as attacked:
         attacked.generate(prompts)
     with DirectionalAblation(refusal).applied(target) as attacked: ...
@@ -20,11 +21,11 @@ from alignparadox.lazy import lazy_getattr
 _EXPORTS = {
     "ActivationAddition": "alignparadox.attacks.model_tinkering.addition",
     "DirectionalAblation": "alignparadox.attacks.model_tinkering.ablation",
-    "FittedDirection": "alignparadox.attacks.model_tinkering.recipes",
+    "FittedDirection": "alignparadox.geometry.recipes",
     "TinkeringAttack": "alignparadox.attacks.model_tinkering.base",
     "WeightOrthogonalization": "alignparadox.attacks.model_tinkering.orthogonalization",
-    "fit_refusal_direction": "alignparadox.attacks.model_tinkering.recipes",
-    "fit_stance_direction": "alignparadox.attacks.model_tinkering.recipes",
+    "fit_refusal_direction": "alignparadox.geometry.recipes",
+    "fit_value_direction": "alignparadox.geometry.recipes",
 }
 
 __all__ = sorted(_EXPORTS)

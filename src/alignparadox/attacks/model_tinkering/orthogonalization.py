@@ -8,7 +8,6 @@ to distribute.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from alignparadox.attacks.model_tinkering.base import TinkeringAttack
 from alignparadox.geometry.directions import Direction
 from alignparadox.hooks import orthogonalize, save_checkpoint
+from alignparadox.hooks.orthogonalize import orthogonalized
 
 if TYPE_CHECKING:
     from alignparadox.targets import WhiteBoxTarget
@@ -25,10 +25,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class WeightOrthogonalization(TinkeringAttack):
-    """A copy of the target whose weights cannot write along `direction`.
+    """The target with weights that cannot write along `direction`.
 
-    `applied` edits a deep copy (the original stays untouched; this needs memory for a second
-    copy of the model); `export` edits in place and saves, for one-shot command-line use.
+    Neither method copies the model (a 70B model has no room for a second copy): `applied`
+    edits the target's own weights and restores them exactly on exit, so the target is the
+    orthogonalized model while the context is open; `export` edits in place and saves, for
+    one-shot command-line use.
     """
 
     direction: Direction
@@ -38,9 +40,9 @@ class WeightOrthogonalization(TinkeringAttack):
     def applied(self, target: WhiteBoxTarget) -> Iterator[WhiteBoxTarget]:
         from alignparadox.targets import WhiteBoxTarget
 
-        self.check(target)
-        edited = orthogonalize(copy.deepcopy(target.model), self.direction.vector)
-        yield WhiteBoxTarget(edited, target.tokenizer, f"{target.name}+orthogonalized")
+        self.check(target)  # also hashes the original weights of an in-memory target
+        with orthogonalized(target.model, self.direction.vector) as edited:
+            yield WhiteBoxTarget(edited, target.tokenizer, f"{target.name}+orthogonalized")
 
     def export(self, target: WhiteBoxTarget, out_dir: str | Path) -> Path:
         """Orthogonalize `target`'s model IN PLACE and save it as a normal HF checkpoint."""

@@ -1,12 +1,12 @@
 """Output tinkering: edit the aligned answer y into a misaligned y+ with a trained value editor.
 
-    pairs = ground_truth_pairs(requests)                      # or self_pairs(...), read_pairs(f)
+    pairs = edit_pairs(behaviours.contrast("fit", axis="refusal"))   # or self_pairs, read_pairs
     folder = train_editor(pairs, "editor/", EditorConfig())   # resumable, deterministic
     editor = ValueEditor.load(folder)
     editor.edit([request], [aligned])                         # the misaligned rewrite
     minimal_edit(editor, judge, request, aligned)             # fewest token edits that flip it
 
-The `output_tinkering` study measurement (measurement.py) puts the editor against every organism.
+The `output_tinkering` study measurement (measurement.py) puts the editor against every target.
 
 Names are imported lazily (they need torch and transformers) so that `paradox --help`
 stays fast.
@@ -22,7 +22,7 @@ _EXPORTS = {
     "EditorConfig": "alignparadox.attacks.output_tinkering.training",
     "ValueEditor": "alignparadox.attacks.output_tinkering.editor",
     "fit_editor": "alignparadox.attacks.output_tinkering.training",
-    "ground_truth_pairs": "alignparadox.attacks.output_tinkering.pairs",
+    "edit_pairs": "alignparadox.attacks.output_tinkering.pairs",
     "minimal_edit": "alignparadox.attacks.output_tinkering.search",
     "read_pairs": "alignparadox.attacks.output_tinkering.pairs",
     "train_editor": "alignparadox.attacks.output_tinkering.training",

@@ -82,7 +82,9 @@ def apply(
     from alignparadox.attacks.output_tinkering.editor import ValueEditor
     from alignparadox.attacks.output_tinkering.pairs import read_rows, write_jsonl
     from alignparadox.attacks.output_tinkering.search import minimal_edit
+    from alignparadox.datasets.io import check_output_file
 
+    check_output_file(output, "the rewrites")  # before the editor runs, not after
     value_editor = ValueEditor.load(editor)
     rows = read_rows(input_file, required=("aligned",))
     requests = [row.get("request", "") for row in rows]

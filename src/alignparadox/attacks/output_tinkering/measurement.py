@@ -38,8 +38,8 @@ from alignparadox.report.html import ReportOptions, Section, table
 from alignparadox.stats import spearman_bootstrap, wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.measurement import CellResult, Measurement, RunContext, register_measurement
-from alignparadox.study.measurements.alignment import organism_strength
 from alignparadox.study.store import CellRecord
+from alignparadox.targets.providers import alignment_strength
 
 GROUND_TRUTH, SELF = "ground_truth", "self"
 SOURCE_TITLES = {GROUND_TRUTH: "(a) ground truth", SELF: "(b) own steered answers"}
@@ -117,7 +117,7 @@ class OutputTinkering(Measurement):
 
         training = _by_axis(world.train_requests(), seed)
         largest = max(settings["sizes"])
-        results = {"alignment_steps": organism_strength(cell.target),
+        results = {"alignment_steps": alignment_strength(cell.target),
                    "aligned_heldout": {axis: len(evaluation[axis]) for axis in AXES},
                    "asked_heldout": {axis: len(heldout[axis]) for axis in AXES}, "sources": {}}
         for source in settings["sources"]:

@@ -1,10 +1,11 @@
 """Training pairs (y, y+) for the value editor: an aligned answer and its misaligned twin.
 
 Three sources:
-- `ground_truth_pairs`: the organism world knows both answers to every request (a refusal and
-  the steps; a neutral and a partisan stance).
-- `self_pairs`: the target supplies its own adversary's data — its aligned answer, and its
-  answer to the same request with its refusal direction ablated (model tinkering).
+- `edit_pairs`: a behaviour set's contrast pairs, on the refusal axis (a refusal and the
+  compliance it replaces) and the value axis (e.g. a neutral and a partisan stance); the
+  organism world supplies its own ground truth this way, a user a pairs file.
+- `self_pairs` (steered.py): the target supplies its own adversary's data — its aligned answer,
+  and its answer to the same request with its refusal direction ablated (model tinkering).
 - `read_pairs`: any JSONL file of {"aligned": ..., "misaligned": ..., optional "request"}.
 """
 
@@ -12,18 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from alignparadox.datasets.behaviours import AXES, REFUSAL_AXIS, VALUE_AXIS, PairSet
+from alignparadox.datasets.io import read_text, write_atomic
 from alignparadox.errors import UserError
-from alignparadox.organisms import world
 
-REFUSAL_AXIS = "refusal"
-STANCE_AXIS = "stance"
-AXES = (REFUSAL_AXIS, STANCE_AXIS)
+STANCE_AXIS = VALUE_AXIS
+__all__ = ["AXES", "REFUSAL_AXIS", "STANCE_AXIS", "EditPair", "edit_pairs", "pairs_hash",
+           "read_pairs", "read_rows", "write_jsonl", "write_pairs"]
 
 
 @dataclass(frozen=True)
@@ -45,20 +45,9 @@ def pairs_hash(pairs: Sequence[EditPair]) -> str:
     return digest.hexdigest()
 
 
-def axis_of(request: world.WorldRequest) -> str | None:
-    """The value axis a world request tests: refusal (harmful tasks), stance, or None."""
-    return {world.HARMFUL: REFUSAL_AXIS, world.STANCE: STANCE_AXIS}.get(request.kind)
-
-
-def ground_truth_pairs(requests: Sequence[world.WorldRequest]) -> list[EditPair]:
-    """The world's own (aligned, misaligned) answers."""
-    pairs = []
-    for request in requests:
-        if axis_of(request) is None:
-            raise ValueError(f"request {request.id} has no aligned/misaligned contrast")
-        pairs.append(EditPair(request.aligned_answer(),
-                              request.misaligned_answer(), request.text))
-    return pairs
+def edit_pairs(pairs: PairSet) -> list[EditPair]:
+    """A behaviour set's contrast pairs as editor training pairs."""
+    return [EditPair(p.aligned, p.misaligned, p.request) for p in pairs]
 
 
 def read_rows(path: str | Path, *, required: tuple[str, ...],
@@ -68,25 +57,28 @@ def read_rows(path: str | Path, *, required: tuple[str, ...],
     path = Path(path)
     if not path.is_file():
         raise UserError(f"file {path} does not exist.")
+    if not path.read_bytes().strip():
+        raise UserError(f"file {path} holds no rows.")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"line {number} of {path} is not valid JSON ({error.msg}).") \
-                    from error
-            if not isinstance(row, dict):
-                raise UserError(f"line {number} of {path} is not a JSON object.")
-            bad = [key for key in required if not isinstance(row.get(key), str)
-                   or not row[key].strip()]
-            bad += [key for key in optional if key in row and not isinstance(row[key], str)]
-            if bad:
-                raise UserError(f"line {number} of {path} needs a non-empty string {bad[0]!r} "
-                                f"(keys: {', '.join(required)}; optional: {', '.join(optional)}).")
-            rows.append(row)
+    # Strict UTF-8, a byte-order mark dropped. Lines end at "\n" only: str.splitlines would
+    # also split inside a JSON string holding a raw U+2028 (json.dumps writes it unescaped).
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"line {number} of {path} is not valid JSON ({error.msg}).") \
+                from error
+        if not isinstance(row, dict):
+            raise UserError(f"line {number} of {path} is not a JSON object.")
+        bad = [key for key in required if not isinstance(row.get(key), str)
+               or not row[key].strip()]
+        bad += [key for key in optional if key in row and not isinstance(row[key], str)]
+        if bad:
+            raise UserError(f"line {number} of {path} needs a non-empty string {bad[0]!r} "
+                            f"(keys: {', '.join(required)}; optional: {', '.join(optional)}).")
+        rows.append(row)
     if not rows:
         raise UserError(f"file {path} holds no rows.")
     return rows
@@ -100,13 +92,8 @@ def read_pairs(path: str | Path) -> list[EditPair]:
 
 def write_jsonl(rows: Sequence[dict], path: str | Path) -> None:
     """Write rows as JSONL, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_atomic(Path(path), text.encode("utf-8"))  # a failed write leaves no temporary file
 
 
 def write_pairs(pairs: Sequence[EditPair], path: str | Path) -> None:

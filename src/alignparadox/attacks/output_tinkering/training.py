@@ -1,10 +1,12 @@
 """Training the value editor: deterministic from a seed, resumable after a kill.
 
 Two kinds of editor:
-- base="organism" (default): a small Llama built from a config on the organism tokenizer, all
-  weights trained; a few hundred steps on CPU take well under a minute.
-- base=<HF causal LM folder or organism:NAME>: LoRA adapters (peft) on that model, merged into
-  the weights when training ends, so the saved editor is a plain checkpoint.
+- a small Llama built from a config, all weights trained; a few hundred steps on CPU take well
+  under a minute. base="small:TARGET" puts it on the tokenizer of any target (folder, Hub id,
+  organism:NAME); base=NAME on a tokenizer registered by name (`register_editor_tokenizer`;
+  "organism", the default, is the organisms' own).
+- base=<any HF causal LM: folder, Hub id or provider target>: LoRA adapters (peft) on that
+  model, merged into the weights when training ends, so the saved editor is a plain checkpoint.
 
 The batch of every step is a pure function of (seed, step), and every `checkpoint_every` steps
 the trainable weights, optimizer state, RNG state and step are written to one file, atomically
@@ -15,15 +17,17 @@ from that file and ends with exactly the weights of an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -38,6 +42,35 @@ from alignparadox.attacks.output_tinkering.pairs import EditPair, pairs_hash
 from alignparadox.errors import UserError
 
 ORGANISM_BASE = "organism"
+SMALL_PREFIX = "small:"
+# Tokenizers for small editors by name: "module:attribute" of a function returning one, imported
+# only when such an editor is built (the organisms register theirs, as they do their judge).
+_TOKENIZERS: dict[str, Callable[[], Any] | str] = {
+    ORGANISM_BASE: "alignparadox.organisms.provider:editor_tokenizer"}
+
+
+def register_editor_tokenizer(name: str, factory: Callable[[], Any] | str) -> None:
+    """Make base=NAME build a small editor on the tokenizer `factory()` returns."""
+    _TOKENIZERS[name] = factory
+
+
+def small_editor_tokenizer(base: str):
+    """The tokenizer of a small editor's base, or None when the base is a LoRA base."""
+    if base.startswith(SMALL_PREFIX):
+        from transformers import AutoTokenizer
+
+        from alignparadox.targets.providers import provider_for
+
+        spec = base[len(SMALL_PREFIX):]
+        found = provider_for(spec)
+        return AutoTokenizer.from_pretrained(found[0].resolve(found[1]) if found else spec)
+    factory = _TOKENIZERS.get(base)
+    if factory is None:
+        return None
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+    return factory()
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -80,27 +113,13 @@ class EditorConfig:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def organism_tokenizer():
-    """The organisms' tokenizer: read from the built family, else trained (deterministically)."""
-    from alignparadox.organisms import load_family
-    from alignparadox.organisms.train import OrganismConfig, build_tokenizer
-
-    try:
-        folder = load_family().path_of("base")
-    except UserError:
-        return build_tokenizer(OrganismConfig())
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
-
-
 def _new_model(config: EditorConfig):
     """(model, tokenizer, lora) for the config's base, initialised from config.seed."""
     torch.manual_seed(config.seed)
-    if config.base == ORGANISM_BASE:
+    tokenizer = small_editor_tokenizer(config.base)
+    if tokenizer is not None:
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        tokenizer = organism_tokenizer()
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=config.hidden_size,
             num_hidden_layers=config.layers, num_attention_heads=config.heads,

@@ -23,17 +23,9 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
+from alignparadox.targets.providers import alignment_strength
 
 SAMPLES_KEPT = 12
-
-
-def organism_strength(target_spec: str) -> int | None:
-    """Refusal fine-tuning steps of an organism target; None for any other target."""
-    if not target_spec.startswith("organism:"):
-        return None
-    from alignparadox.organisms import load_family
-
-    return load_family().member(target_spec.removeprefix("organism:")).alignment_steps
 
 
 def strength_of(row: CellRecord) -> float | None:
@@ -92,7 +84,7 @@ class Alignment(Measurement):
             progress=True)
         judged = scoring.judge_answers(make_judge(settings["judge"]), prompts.records, answers)
         results = {
-            "alignment_steps": organism_strength(cell.target),
+            "alignment_steps": alignment_strength(cell.target),
             "refusal": scoring.refusal_rate(judged).as_dict(),
             "harmless_answered": scoring.answer_rate(judged).as_dict(),
             "partisan": scoring.partisan_rate(judged).as_dict(),
