@@ -16,6 +16,14 @@ from alignparadox.study import Cell, get_measurement
 from alignparadox.study.inputs import cell_judge
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "alignparadox"
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def public_sets(monkeypatch):
+    if not (DATASETS / "xstest").is_dir():
+        pytest.skip("public prompt sets not found")
+    monkeypatch.setenv("ALIGNPARADOX_DATASETS", str(DATASETS))
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -55,7 +55,20 @@ _SIZES = {
     **dict.fromkeys(("num_experts_per_tok", "moe_k", "num_experts_per_token", "moe_topk"), 2),
     "head_dim": 16, "vocab_size": VOCAB, "first_k_dense_replace": 1, "kv_lora_rank": 16,
     "q_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
-    "rotary_dim": 8, "n_shared_experts": 1, "vocab_size_per_layer_input": VOCAB,
+    "qk_head_dim": 16, "rotary_dim": 8, "n_shared_experts": 1, "emb_dim": WIDTH,
+    "vocab_size_per_layer_input": VOCAB, "n_group": 1, "topk_group": 1, "num_expert_group": 1,
+    "index_topk": 4, "index_head_dim": 16, "index_n_heads": 2, "linear_head_dim": 16,
+    "linear_num_heads": 2, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16,
+    "mamba_chunk_size": 8, "mamba_n_groups": 1,
+}
+# What the shared sizes do not fit.
+_EXTRA = {
+    "deepseek_v2": {"head_dim": 8}, "deepseek_v3": {"head_dim": 8}, "deepseek_v32": {"head_dim": 8},
+    "youtu": {"head_dim": 8}, "axk1": {"head_dim": 8}, "sarvam_mla": {"head_dim": 8},
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "num_heads": 2},
+    "mamba2": {"num_heads": 4, "n_groups": 1, "state_size": 16, "time_step_rank": 8,
+               "chunk_size": 8},
+    "zaya": {"num_experts_per_tok": 1},
 }
 _MAX_PARAMETERS = 3_000_000
 
@@ -65,7 +78,7 @@ def _overrides(config_class, defaults: dict) -> dict:
     for key, value in defaults.items():
         if isinstance(value, bool):
             continue
-        if key in _SIZES and isinstance(value, int):
+        if key in _SIZES and (isinstance(value, int) or value is None):
             out[key] = _SIZES[key]
         elif key.endswith("_token_id") and isinstance(value, int) and value >= VOCAB:
             out[key] = VOCAB - 1 - len(out) % 8  # keep special ids away from the probe's ids
@@ -90,7 +103,9 @@ def tiny_model(model_type: str) -> nn.Module:
     """A random-weight model of `model_type` with two tiny layers; pytest.skip when none builds."""
     config_class = CONFIG_MAPPING[model_type]
     try:
-        config = config_class(**_overrides(config_class, config_class().to_dict()))
+        defaults = config_class().to_dict() if model_type != "zaya" else {}
+        config = config_class(**{**_overrides(config_class, defaults),
+                                 **_EXTRA.get(model_type, {})})
     except Exception as error:
         pytest.skip(f"no tiny config builds ({type(error).__name__}: {_first_line(error)})")
     config.use_cache = False
@@ -126,6 +141,11 @@ def _is_norm(module: nn.Module) -> bool:
     return type(module).__name__.lower().endswith(("norm", "normgated"))
 
 
+def _computes(module: nn.Module) -> bool:
+    # Dropout, activations and rotary tables compute nothing from the stream's values.
+    return _is_norm(module) or next(module.parameters(), None) is not None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:120] if text else ""
@@ -156,16 +176,31 @@ def _first_tensor(value):
     return value if isinstance(value, torch.Tensor) else None
 
 
+def _copy(value):
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    return [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+
+
+def _stream_key(args: tuple, kwargs: dict) -> int | str:
+    return 0 if args and isinstance(args[0], torch.Tensor) else "hidden_states"
+
+
+def _argument(args: tuple, kwargs: dict, key: int | str) -> torch.Tensor | None:
+    value = (args[key] if len(args) > key else None) if isinstance(key, int) else kwargs.get(key)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _stream_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    return kwargs.get("hidden_states")
+    return _argument(args, kwargs, _stream_key(args, kwargs))
 
 
-def _replace_stream(args: tuple, kwargs: dict, new: torch.Tensor):
-    if args and isinstance(args[0], torch.Tensor):
-        return (new, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": new}
+def _replace(args: tuple, kwargs: dict, key: int | str, new: torch.Tensor):
+    if isinstance(key, int):
+        return (*args[:key], new, *args[key + 1:]), kwargs
+    return args, {**kwargs, key: new}
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -188,57 +223,83 @@ def _in_span(target: torch.Tensor, vectors: list[torch.Tensor]) -> bool:
     return ((fit.squeeze(-1) - rows).norm(dim=-1) / rows.norm(dim=-1)).max().item() <= 1e-6
 
 
+Read = tuple[nn.Module, int, int | str]  # module, call number, argument
+
+
 def _stream_reads(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor
-                  ) -> list[tuple[nn.Module, int]]:
-    """The (module, call number) pairs that read the residual stream, found independently of
-    the hooks under test: every block; every norm inside a block whose input is a stream state
+                  ) -> list[Read]:
+    """The module arguments that carry the residual stream, found independently of the hooks
+    under test: every block's input; the input of every norm of a block that is a stream state
     (the block input plus outputs of the block's children) and whose output another module of
-    the block reads; every child of a block that takes a stream state computed in the block's
-    own code; and whatever outside the blocks reads the last block's output (the final norm)."""
-    inputs: dict[nn.Module, list[torch.Tensor | None]] = {}
+    the block reads; the input of every child of a block that takes a stream state computed in
+    the block's own code; any argument, anywhere, that is the stream entering block 0 (Zamba 2
+    and Gemma 3n read the embeddings again); and the first reader of the last block's output."""
+    calls: dict[nn.Module, list[tuple[tuple, dict]]] = {}
     outputs: dict[nn.Module, torch.Tensor | None] = {}
     with ExitStack() as stack:
         for module in model.modules():
-            def pre(m, args, kwargs, module=module):
-                inputs.setdefault(module, []).append(_stream_input(args, kwargs))
+            def pre(m, args, kwargs, module=module):  # copies: later code may edit in place
+                calls.setdefault(module, []).append((tuple(map(_copy, args)),
+                                                     {k: _copy(v) for k, v in kwargs.items()}))
 
             def post(m, args, output, module=module):
-                outputs[module] = _first_tensor(output)
+                outputs[module] = _copy(_first_tensor(output))
 
             stack.callback(module.register_forward_pre_hook(pre, with_kwargs=True).remove)
             stack.callback(module.register_forward_hook(post).remove)
         model(input_ids=input_ids)
-    reads: list[tuple[nn.Module, int]] = [(block, 0) for block in layers]
+
+    def stream(module: nn.Module, call: int = -1) -> torch.Tensor | None:
+        return _stream_input(*calls[module][call]) if module in calls else None
+
+    reads: list[Read] = [(block, 0, _stream_key(*calls[block][0])) for block in layers]
     inside = {m for block in layers for m in block.modules()}
     for block in layers:
         width = outputs[block].numel()
         direct = set(_children(block))
         children = [c for c in direct if outputs.get(c) is not None
                     and outputs[c].numel() == width]
-        states = [inputs[block][0], *(outputs[c] for c in children)]
+        states = [stream(block), *(outputs[c] for c in children)]
+        # A child that adds the residual itself returns the block output (Bloom, RoBERTa with
+        # pre-norm); unless it takes the block input as its stream, the child outputs it is
+        # also given are the stream mid-block, not writes.
+        carried = [outputs[c] for r in children if _same(outputs[r], outputs[block])
+                   and not _same(stream(r), stream(block))
+                   for c in children if c is not r
+                   and not _same(outputs[c], stream(r))
+                   and any(_same(outputs[c], v) for v in _tensors(*calls[r][0]))]
         for module in block.modules():
-            if module is block or len(inputs.get(module, [])) != 1:
+            if module is block or len(calls.get(module, [])) != 1:
                 continue
-            x = inputs[module][0]
+            x = stream(module)
             if (x is None or x.numel() != width or not x.is_floating_point()
                     or not _in_span(x, states)):
                 continue
-            # A norm that a sublayer reads, or a child that takes a stream state computed in
-            # the block's own code (not a sibling's raw output, as a sandwich norm does).
-            if _is_norm(module):
-                read = any(_same(inputs.get(other, [None])[-1], outputs.get(module))
+            # A norm of the block that a sublayer reads, or a child that takes a stream state
+            # computed in the block's own code (not a sibling's raw output, as a sandwich norm
+            # does).
+            if _is_norm(module) and module in direct:
+                read = any(_same(stream(other), outputs.get(module))
                            for other in block.modules() if other is not module)
             else:
-                read = module in direct and not any(_same(x, outputs[c]) for c in children)
+                read = (module in direct and _computes(module)
+                        and (any(_same(x, v) for v in carried)
+                             or not any(_same(x, outputs[c]) for c in children)))
             if read:
-                reads.append((module, 0))
-    # Outside the blocks: what reads the stream entering block 0 (Gemma 3n's per-layer inputs
-    # read the embeddings), and the first reader of the last block's output (the final norm).
-    first, last = inputs[layers[0]][0], outputs[layers[-1]]
-    outside = [(m, call, x) for m, calls in inputs.items() if m not in inside and m is not model
-               for call, x in enumerate(calls) if x is not None and x.is_floating_point()]
-    reads += [(m, call) for m, call, x in outside if _same(x, first)]
-    reads += [(m, call) for m, call, x in outside if _same(x, last)][:1]
+                reads.append((module, 0, _stream_key(*calls[module][0])))
+    first, last = stream(layers[0], 0), outputs[layers[-1]]
+    around = {m for m in model.modules() if any(b is layers[0] for b in m.modules())}
+    for module, module_calls in calls.items():
+        if module in around or not _computes(module):
+            continue
+        for call, (args, kwargs) in enumerate(module_calls):
+            keys = [*range(len(args)), *kwargs]
+            reads += [(module, call, key) for key in keys
+                      if _same(_argument(args, kwargs, key), first)
+                      and (module, call, key) not in reads]
+    reads += [(m, call, _stream_key(*c)) for m, module_calls in calls.items()
+              if m not in inside | around and _computes(m)
+              for call, c in enumerate(module_calls) if _same(_stream_input(*c), last)][:1]
     return reads
 
 
@@ -279,7 +340,9 @@ def check(model: nn.Module) -> dict[str, str]:
         assert len(hidden) == layout.n_layers + 1, "output_hidden_states has another convention"
         last = acts[layout.n_layers]
         normed = layout.final_norm(last) if layout.final_norm is not None else last
-        assert _close(last, hidden[-1], CAPTURE) or _close(normed, hidden[-1], CAPTURE)
+        # HF's last entry may come after the final norm, or after OPT-350m's projection out.
+        assert (_close(last, hidden[-1], CAPTURE) or _close(normed, hidden[-1], CAPTURE)
+                or hidden[-1].shape[-1] != width)
         # HF's tuple starts at the embeddings, or (Mamba-style) at block 0's output.
         start = 0 if _close(acts[0], hidden[0], CAPTURE) else 1
         for layer in range(start, layout.n_layers):
@@ -297,30 +360,33 @@ def check(model: nn.Module) -> dict[str, str]:
         hooked = None
     else:
         reads = _stream_reads(model, layout.layers, input_ids)
-        seen: dict[nn.Module, list[torch.Tensor]] = {}
+        seen: dict[nn.Module, list[tuple[tuple, dict]]] = {}
         with torch.no_grad(), ablate(model, unit), capture(model, layers) as ablated, \
                 ExitStack() as stack:
-            for module in {module for module, _ in reads}:  # after the ablation's hooks
+            for module in {module for module, _, _ in reads}:  # after the ablation's hooks
                 def record(m, args, kwargs, module=module):
-                    seen.setdefault(module, []).append(_stream_input(args, kwargs))
+                    seen.setdefault(module, []).append((args, kwargs))
                 stack.callback(module.register_forward_pre_hook(record, with_kwargs=True).remove)
             hooked = model(input_ids=input_ids).logits
         for layer in layers:
             projection = _relative_projection(ablated[layer], unit)
             assert projection <= EXACT, f"layer {layer} keeps {projection:.2g} of the direction"
-        for module, call in reads:
-            projection = _relative_projection(seen[module][call], unit)
+        for module, call, key in reads:
+            projection = _relative_projection(_argument(*seen[module][call], key), unit)
             assert projection <= EXACT, f"{type(module).__name__} reads {projection:.2g} of it"
         with torch.no_grad(), ExitStack() as stack:
-            for module, call in reads:
-                calls = [0]
+            for module in {module for module, _, _ in reads}:
+                keys = [(call, key) for m, call, key in reads if m is module]
+                count = [0]
 
-                def project(m, args, kwargs, call=call, calls=calls):
-                    calls[0] += 1
-                    if calls[0] - 1 != call:
-                        return None
-                    x = _stream_input(args, kwargs)
-                    return _replace_stream(args, kwargs, x - (x @ unit).unsqueeze(-1) * unit)
+                def project(m, args, kwargs, keys=keys, count=count):
+                    for call, key in keys:
+                        if call == count[0]:
+                            x = _argument(args, kwargs, key)
+                            args, kwargs = _replace(args, kwargs, key,
+                                                    x - (x @ unit).unsqueeze(-1) * unit)
+                    count[0] += 1
+                    return args, kwargs
                 stack.callback(module.register_forward_pre_hook(project, with_kwargs=True).remove)
             expected = model(input_ids=input_ids).logits
         assert _close(hooked, expected, EXACT), "ablation differs from the reference ablation"

@@ -81,6 +81,16 @@ def test_pair_with_a_model_attacker_records_every_request(organism_family, attac
 
         monkeypatch.setattr(model, "complete", recording)
         attacker = pair.open_attacker(spec, seed=0, max_retries=0)
+        if kind == "endpoint":  # the server batches on the model itself: record at the client
+            generate_results = attacker.generate_results
+
+            def recording_client(prompts, config=None):
+                outcomes = generate_results(prompts, config)
+                conversations.extend(prompts)
+                replies.extend(o if isinstance(o, str) else "" for o in outcomes)
+                return outcomes
+
+            monkeypatch.setattr(attacker, "generate_results", recording_client)
         results, recorded = _run(target, attacker, judge, requests)
 
     assert recorded == results

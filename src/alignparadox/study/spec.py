@@ -3,6 +3,7 @@
     name = "family-alignment"
     seed = 0
     targets = ["organism:aligned-0", "organism:aligned-4"]
+    # or tables with loading options: { model = "/models/x", dtype = "bfloat16", ... }
 
     [[measurements]]
     name = "alignment"
@@ -122,12 +123,19 @@ def _refuse_unknown(data: Mapping[str, Any], known: set[str], where: str) -> Non
 
 
 def _targets(value: Any, where: str) -> tuple[str, ...] | None:
+    """Target strings; a table (model and loading options) becomes one (`targets.specs`)."""
+    from alignparadox.targets.specs import target_table
+
     if value is None:
         return None
     if (not isinstance(value, list) or not value
-            or not all(isinstance(item, str) and item for item in value)):
-        raise UserError(f"{where} must be a non-empty list of target names or paths.")
-    return tuple(dict.fromkeys(value))
+            or not all((isinstance(item, str) and item) or isinstance(item, Mapping)
+                       for item in value)):
+        raise UserError(f"{where} must be a non-empty list of target names or paths, or "
+                        "tables such as { model = PATH, dtype = \"bfloat16\" }.")
+    return tuple(dict.fromkeys(
+        target_table(item, f"{where} entry {index + 1}") if isinstance(item, Mapping) else item
+        for index, item in enumerate(value)))
 
 
 def _json_values(value: Any, where: str) -> None:

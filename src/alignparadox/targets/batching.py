@@ -242,8 +242,12 @@ class BatchWorker:
         jobs.clear()  # from here on, failures are reported through self._rows
         self._rows = batch.rows
         while batch.rows:
-            if batch.mergeable and len(batch.rows) < self.max_batch:
-                joining = self._start(self._gather(self.max_batch - len(batch.rows), 0))
+            free = self.max_batch - len(batch.rows)
+            # Each admission costs a prefill pass: under a long queue, admit in groups of a
+            # quarter batch rather than one row per step; a short queue is admitted at once.
+            if batch.mergeable and free and free >= min(self._queue.qsize(),
+                                                       max(1, self.max_batch // 4)):
+                joining = self._start(self._gather(free, 0))
                 if joining:
                     batch.merge(_Batch.prefill(self.target, joining))
                     self._rows = batch.rows

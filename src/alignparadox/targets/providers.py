@@ -10,6 +10,7 @@ any package can add its own.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -59,6 +60,9 @@ def provider_for(spec: str) -> tuple[TargetProvider, str] | None:
 
     A Hub id has no colon and a path is tried first, so only `SCHEME:NAME` with an installed
     scheme is a provider's target."""
+    from alignparadox.targets.specs import split_target
+
+    spec = split_target(spec)[0]  # a target table's model
     scheme, colon, name = spec.partition(":")
     if not colon or Path(spec).exists() or spec.startswith(("http://", "https://")):
         return None
@@ -70,10 +74,28 @@ def provider_for(spec: str) -> tuple[TargetProvider, str] | None:
     return provider, name
 
 
+CARD_FILE = "alignparadox.json"
+
+
 def describe_target(spec: str) -> dict[str, Any]:
-    """Provenance of a target beyond its weights' hash; empty for plain folders and Hub ids."""
+    """Provenance of a target beyond its weights' hash: what its provider says, else a model
+    folder's own card (`alignparadox.json`, a JSON object such as {"alignment_strength": 3,
+    "note": "..."}); empty for Hub ids, endpoints and folders without a card."""
+    from alignparadox.targets.specs import split_target
+
     found = provider_for(spec)
-    return dict(found[0].describe(found[1])) if found else {}
+    if found:
+        return dict(found[0].describe(found[1]))
+    card = Path(split_target(spec)[0]).expanduser() / CARD_FILE
+    if not card.is_file():
+        return {}
+    try:
+        value = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{card} is not a readable JSON object ({error}).") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{card} must hold a JSON object.")
+    return value
 
 
 def alignment_strength(spec: str) -> int | float | None:

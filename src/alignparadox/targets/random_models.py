@@ -1,11 +1,14 @@
 """Random-weight models built from configs, for tests and benchmarks: nothing is downloaded.
 
 Every architecture the toolkit promises to support has a tiny config here; `size="100m"` gives a
-Llama-style model of about 100M parameters for speed benchmarks.
+Llama-style model of about 100M parameters for speed benchmarks. Each folder carries a card
+(`alignparadox.json`) saying its weights are random, which every report shows: whatever such a
+model does is noise, and a study on it tests the plumbing only.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -13,6 +16,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "gpt2", "gpt_neox", "phi3")
+RANDOM_NOTE = ("random weights (targets.random_models): its behaviour is noise, so its rates "
+               "test the plumbing only")
 
 # A plain chat template: the same markers for every random model.
 CHAT_TEMPLATE = (
@@ -77,4 +82,7 @@ def make_random_model(
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    card = {"provider": "random weights", "architecture": architecture, "seed": seed,
+            "note": RANDOM_NOTE}
+    (out_dir / "alignparadox.json").write_text(json.dumps(card, indent=2) + "\n")
     return out_dir

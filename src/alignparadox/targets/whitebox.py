@@ -87,6 +87,9 @@ def device_map(device: torch.device) -> str:
     return str(device)
 
 
+_default_device_map = device_map  # load_target's `device_map` parameter shadows the name
+
+
 @dataclass
 class GenerationConfig:
     """Decoding settings. `do_sample=False` is greedy; sampling uses temperature and top-p
@@ -331,7 +334,9 @@ class WhiteBoxTarget:
                             position_ids=positions, use_cache=True, logits_to_keep=1)
         cache = getattr(output, self._cache_keyword)
         for step in range(steps):
-            token = _pick(output.logits[:, -1].float(), config, generator)
+            # Under device_map="auto" the logits come off the last GPU, the inputs go to the
+            # first one: pick the token where the inputs and the generator live.
+            token = _pick(output.logits[:, -1].float().to(self.device), config, generator)
             token = torch.where(finished, self.pad_token_id, token)
             yield token
             finished |= torch.isin(token, stop_ids)
@@ -460,10 +465,12 @@ def load_target(
     trust_remote_code: bool = False,
     chat_template: str | Path | None = None,
     name: str | None = None,
+    device_map: str | None = None,
 ) -> WhiteBoxTarget:
     """Load any Hugging Face causal LM and its tokenizer from a local folder, or a Hub id (needs
     internet or the local Hub cache). `chat_template` (a file or a template string) replaces the
-    tokenizer's own. `name` defaults to the folder name or Hub id."""
+    tokenizer's own. `name` defaults to the folder name or Hub id. `device_map` (e.g. "auto")
+    overrides how the weights are placed on `device`'s kind of device."""
     folder = _resolve_folder(str(name_or_path), allow_pickle, trust_remote_code)
     safe_files = sorted(folder.glob("*.safetensors"))
     pickle_files = sorted(file for pattern in _PICKLE_PATTERNS for file in folder.glob(pattern))
@@ -481,7 +488,8 @@ def load_target(
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, device_map=device_map(device), use_safetensors=bool(safe_files),
+            folder, dtype=dtype, device_map=device_map or _default_device_map(device),
+            use_safetensors=bool(safe_files),
             trust_remote_code=trust_remote_code,
         )
     except SafetensorError as error:
@@ -523,14 +531,18 @@ def _unreadable(files: Sequence[Path], error: Exception) -> str:
 
 def open_target(spec: str, **kwargs) -> WhiteBoxTarget:
     """`SCHEME:NAME` opens a provider's target (`organism:NAME`: a trained organism, built on
-    first use); anything else is a local folder or Hub id for `load_target`. Keyword arguments
-    go to `load_target`."""
-    found = provider_for(spec)
+    first use); anything else is a local folder or Hub id for `load_target`. A target table
+    (`targets.specs`) adds its loading options. Keyword arguments go to `load_target`."""
+    from alignparadox.targets.specs import split_target
+
+    model, options = split_target(spec)
+    kwargs = {**options, **kwargs}
+    found = provider_for(model)
     if found is not None:
         provider, name = found
-        kwargs.setdefault("name", spec)
+        kwargs.setdefault("name", model)
         return load_target(provider.resolve(name), **kwargs)
-    return load_target(spec, **kwargs)
+    return load_target(model, **kwargs)
 
 
 _LAST_OPENED: dict[str, WhiteBoxTarget] = {}
@@ -570,6 +582,9 @@ def check_target(spec: str) -> None:
     folder without safetensors weights or config.json, or a Hub id that an offline machine has
     no copy of. Studies call it for every
     cell before anything is written."""
+    from alignparadox.targets.specs import split_target
+
+    spec = split_target(spec)[0]  # a target table's model
     found = provider_for(spec)
     if found is not None:
         provider, name = found

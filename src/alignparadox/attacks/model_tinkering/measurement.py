@@ -33,6 +33,7 @@ from alignparadox.datasets.records import PromptSet
 from alignparadox.errors import UserError
 from alignparadox.geometry.fitted import DIRECTION_DEFAULTS, cell_directions
 from alignparadox.geometry.recipes import FittedDirection
+from alignparadox.hooks import residual_layout
 from alignparadox.judges import scoring
 from alignparadox.judges.base import INCOHERENT
 from alignparadox.judges.registry import check_judge, make_judge
@@ -123,10 +124,15 @@ class ModelTinkering(Measurement):
                                   batch_size=settings["batch_size"])
         value_conditions = [] if value is None else [
             (f"stance@{a}", _towards_misaligned(value, a)) for a in settings["alphas"]]
+        # An architecture on which an edit of the weights cannot be exact skips that condition.
+        not_measured = {name: reason for name, reason in [
+            ("orthogonalized", residual_layout(target.model).refusals.get("orthogonalization"))]
+            if reason}
         conditions: list[tuple[str, TinkeringAttack | None]] = [
             ("baseline", None),
             ("ablation", DirectionalAblation(refusal.direction)),
-            ("orthogonalized", WeightOrthogonalization(refusal.direction)),
+            *([] if "orthogonalized" in not_measured
+              else [("orthogonalized", WeightOrthogonalization(refusal.direction))]),
             *((f"addition@{a}", _towards_misaligned(refusal, a)) for a in settings["alphas"]),
             *value_conditions,
         ]
@@ -168,7 +174,8 @@ class ModelTinkering(Measurement):
             "value_axis": "measured" if value is not None else NOT_MEASURED,
             "baseline": outcome["baseline"],
             "ablation": outcome["ablation"],
-            "orthogonalized": outcome["orthogonalized"],
+            "orthogonalized": outcome.get("orthogonalized"),
+            "not_measured": not_measured,
             "addition": addition,
             "stance_addition": stance_sweep,
             "fixed_alpha": fixed,
@@ -204,7 +211,7 @@ class ModelTinkering(Measurement):
              "smallest α to ASR 0.5", "incoherent (harmful) at largest α"],
             [[r.target, strengths.get(r.target, (None,))[0],
               _where(r.results["direction"]), r.results["baseline"]["asr"],
-              r.results["ablation"]["asr"], r.results["orthogonalized"]["asr"],
+              r.results["ablation"]["asr"], _condition(r, "orthogonalized", "asr"),
               *(p["asr"] for p in r.results["addition"]), r.results["alpha_for_half_asr"],
               r.results["addition"][-1]["incoherent_harmful"] if alphas else None]
              for r in rows],
@@ -214,7 +221,7 @@ class ModelTinkering(Measurement):
              *(f"addition α={a}" for a in alphas), *(f"stance α={a}" for a in alphas)],
             [[r.target, r.results["baseline"]["harmless_answered"],
               r.results["ablation"]["harmless_answered"],
-              r.results["orthogonalized"]["harmless_answered"],
+              _condition(r, "orthogonalized", "harmless_answered"),
               *(p["harmless_answered"] for p in r.results["addition"]),
               *_value_cells(r, alphas, "harmless_answered")] for r in rows],
             caption="Benign utility: share of harmless requests answered correctly under each "
@@ -305,6 +312,14 @@ def prefers_misaligned(target, pairs: PairSet, batch_size: int = 32) -> dict[str
 NOT_SHOWN = "not measured"
 
 
+def _condition(row: CellRecord, name: str, key: str):
+    """A condition's rate, or why it was not measured on this target."""
+    result = row.results.get(name)
+    if result is None:
+        return f"{NOT_SHOWN}: " + row.results.get("not_measured", {}).get(name, "")
+    return result[key]
+
+
 def _value_cells(row: CellRecord, alphas: list[float], key: str) -> list:
     """One cell per alpha of the value-axis sweep, or "not measured" without one."""
     sweep = row.results["stance_addition"]
@@ -376,8 +391,8 @@ def _paradox_table(rows: list[CellRecord], strengths) -> Markup:
     top = max((p["alpha"] for r in rows for p in r.results["addition"]), default=0.0)
     measures = {
         "ablation ASR": {r.target: r.results["ablation"]["asr"]["rate"] for r in rows},
-        "orthogonalized ASR": {r.target: r.results["orthogonalized"]["asr"]["rate"]
-                               for r in rows},
+        "orthogonalized ASR": {r.target: (r.results["orthogonalized"] or {}).get("asr", {})
+                               .get("rate") for r in rows},
         "addition ASR at fixed alpha": {
             r.target: (r.results["addition_asr_at_fixed"] or {}).get("rate") for r in rows},
         # Not reached within the sweep ranks above every alpha that was tried.

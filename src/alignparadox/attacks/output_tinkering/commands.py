@@ -15,33 +15,41 @@ app = typer.Typer(help="Output tinkering: train and apply a value editor (aligne
                   "misaligned answers).", no_args_is_help=True)
 
 
-def _pairs(pairs_file: Path | None, source: str, target: str | None, count: int, seed: int):
+def _pairs(pairs_file: Path | None, source: str, target: str | None, count: int, seed: int,
+           behaviours: str = "organisms"):
     from alignparadox.attacks.output_tinkering import pairs as pair_sources
-    from alignparadox.organisms import world
+    from alignparadox.datasets.behaviours import AXES, behaviour_set
 
     if pairs_file is not None:
         return pair_sources.read_pairs(pairs_file)
-    requests = [r for r in world.train_requests() if pair_sources.axis_of(r) is not None]
-    random.Random(seed).shuffle(requests)
+    if source not in ("ground_truth", "self"):
+        raise UserError(f"unknown pair source {source!r}; use ground_truth, self or --pairs "
+                        "FILE.")
+    chosen = behaviour_set(behaviours=behaviours, seed=seed)
+    known = [part for axis in AXES
+             if (part := chosen.contrast("fit", count, seed, axis=axis)) is not None]
+    if not known:
+        raise UserError(f"behaviour set {behaviours} has no contrast pairs; give --pairs FILE.")
+    candidates = [pair for part in known for pair in part]
+    random.Random(seed).shuffle(candidates)
+    candidates = candidates[:count]
     if source == "ground_truth":
-        return pair_sources.ground_truth_pairs(requests[:count])
-    if source == "self":
-        if not target:
-            raise UserError("--source self needs --target (the model that supplies its pairs).")
-        from alignparadox.attacks.output_tinkering.steered import self_pairs
-        from alignparadox.judges.registry import make_judge
-        from alignparadox.targets import open_target
+        return [pair_sources.EditPair(p.aligned, p.misaligned, p.request) for p in candidates]
+    if not target:
+        raise UserError("--source self needs --target (the model that supplies its pairs).")
+    from alignparadox.attacks.output_tinkering.steered import self_pairs
+    from alignparadox.judges.registry import make_judge
+    from alignparadox.study.inputs import FALLBACK_JUDGE
+    from alignparadox.targets import open_target
+    from alignparadox.targets.providers import target_defaults
 
-        harmless = [r.text for r in world.train_requests() if r.kind == world.HARMLESS]
-        harmful = [r.text for r in requests if r.harmful]
-        made = self_pairs(open_target(target), [r.text for r in requests[:count]],
-                          make_judge("organism"), harmful=harmful[:32],
-                          harmless=random.Random(seed).sample(harmless, 32), progress=True)
-        found = [p for p in made.pairs if p is not None]
-        if not found:
-            raise UserError(f"{target} gave no (aligned, steered misaligned) pairs.")
-        return found
-    raise UserError(f"unknown pair source {source!r}; use ground_truth, self or --pairs FILE.")
+    judge = make_judge(target_defaults(target).get("judge", FALLBACK_JUDGE))
+    made = self_pairs(open_target(target), [p.request for p in candidates], judge, chosen,
+                      seed=seed, progress=True)
+    found = [p for p in made.pairs if p is not None]
+    if not found:
+        raise UserError(f"{target} gave no (aligned, steered misaligned) pairs.")
+    return found
 
 
 @app.command()
@@ -52,6 +60,8 @@ def train(
     source: str = typer.Option("ground_truth", help="Without --pairs: ground_truth or self."),
     target: str | None = typer.Option(None, help="Target supplying pairs for --source self."),
     count: int = typer.Option(128, help="Requests to draw pairs from (without --pairs)."),
+    behaviours: str = typer.Option("organisms", help="Behaviour set whose fit-split contrast "
+                                   "pairs are drawn from (without --pairs)."),
     base: str = typer.Option("organism", help="'organism' (small Llama) or an HF causal LM "
                              "folder / organism:NAME to train with LoRA."),
     steps: int = typer.Option(300), seed: int = typer.Option(0),
@@ -63,7 +73,7 @@ def train(
 
     config = EditorConfig(base=base, seed=seed, steps=steps, learning_rate=learning_rate,
                           batch_size=batch_size, checkpoint_every=checkpoint_every)
-    pairs = _pairs(pairs_file, source, target, count, seed)
+    pairs = _pairs(pairs_file, source, target, count, seed, behaviours)
     folder = train_editor(pairs, out, config)
     typer.echo(f"editor trained on {len(pairs)} pairs -> {folder}")
 

@@ -17,7 +17,6 @@ from that file and ends with exactly the weights of an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -64,13 +63,9 @@ def small_editor_tokenizer(base: str):
         spec = base[len(SMALL_PREFIX):]
         found = provider_for(spec)
         return AutoTokenizer.from_pretrained(found[0].resolve(found[1]) if found else spec)
-    factory = _TOKENIZERS.get(base)
-    if factory is None:
-        return None
-    if isinstance(factory, str):
-        module, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module), attribute)
-    return factory()
+    from alignparadox.lazy import resolve
+
+    return resolve(_TOKENIZERS[base])() if base in _TOKENIZERS else None
 CHECKPOINT_FILE = "checkpoint.pt"
 
 

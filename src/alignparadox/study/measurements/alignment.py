@@ -4,6 +4,9 @@ Refusal rate on held-out harmful requests, answer rate on held-out harmless requ
 partisan rate on stance requests and the share of coherent answers, each with counts and a
 Wilson 95% interval. For organisms the alignment strength (refusal fine-tuning steps) is
 recorded too, so the paradox sections can put every attack against it.
+
+The requests are a registered prompt set or file (`prompt_set`), else the test split of the
+cell's behaviour set (its harmful, harmless and value-axis requests; see `study.inputs`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from alignparadox.judges import scoring
 from alignparadox.judges.registry import check_judge, make_judge
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, redact, table
 from alignparadox.study.cells import Cell
+from alignparadox.study.inputs import (
+    BEHAVIOUR_SETTINGS,
+    cell_behaviours,
+    cell_judge,
+    check_behaviours,
+)
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
@@ -50,12 +59,26 @@ def evaluation_prompts(prompt_set: str, n_per_kind: int, seed: int) -> PromptSet
     return PromptSet(f"{full.name}[{n_per_kind}/kind,seed={seed}]", records)
 
 
+def behaviour_prompts(cell: Cell, n_per_kind: int) -> PromptSet:
+    """Up to n harmful test-split requests of the cell's behaviour set, and up to n of its
+    harmless and value-axis ones together (as `evaluation_prompts` samples a prompt set)."""
+    behaviours = cell_behaviours(cell, needs_harmless=False)
+    stance = behaviours.contrast("test")
+    harmless = [*(behaviours.requests("harmless", "test") if behaviours.has_harmless else ()),
+                *(stance.records() if stance is not None else ())]
+    harmful = behaviours.requests("harmful", "test", n_per_kind, cell.seed)
+    others = PromptSet("harmless", tuple(harmless)).sample(min(n_per_kind, len(harmless)),
+                                                          cell.seed)
+    return PromptSet(f"{behaviours.name}[test,{n_per_kind}/kind,seed={cell.seed}]",
+                     harmful.records + others.records)
+
+
 @register_measurement
 class Alignment(Measurement):
     name = "alignment"
     title = "Alignment of each target"
     order = 10
-    defaults = {"prompt_set": "organisms", "n_per_kind": 200, "judge": "organism",
+    defaults = {"prompt_set": None, **BEHAVIOUR_SETTINGS, "n_per_kind": 200, "judge": None,
                 "max_new_tokens": 80, "batch_size": 32}
 
     def check(self, cell: Cell) -> None:
@@ -68,21 +91,27 @@ class Alignment(Measurement):
         from alignparadox.targets import check_target
 
         check_target(cell.target)
-        check_judge(settings["judge"])
-        check_prompt_set(settings["prompt_set"])
+        check_judge(cell_judge(cell))
+        if settings["prompt_set"] is not None:
+            check_prompt_set(settings["prompt_set"])
+        else:
+            check_behaviours(cell, needs_harmless=False)
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
         from alignparadox.targets import GenerationConfig, shared_target
 
         settings = cell.settings
         target = shared_target(cell.target)
-        prompts = evaluation_prompts(settings["prompt_set"], settings["n_per_kind"], cell.seed)
+        prompts = (evaluation_prompts(settings["prompt_set"], settings["n_per_kind"], cell.seed)
+                   if settings["prompt_set"] is not None
+                   else behaviour_prompts(cell, settings["n_per_kind"]))
+        judge = cell_judge(cell)
         answers = target.generate(
             prompts.texts,
             GenerationConfig(max_new_tokens=settings["max_new_tokens"],
                              batch_size=settings["batch_size"]),
             progress=True)
-        judged = scoring.judge_answers(make_judge(settings["judge"]), prompts.records, answers)
+        judged = scoring.judge_answers(make_judge(judge), prompts.records, answers)
         results = {
             "alignment_steps": alignment_strength(cell.target),
             "refusal": scoring.refusal_rate(judged).as_dict(),
@@ -92,7 +121,7 @@ class Alignment(Measurement):
             "samples": [j.sample() for j in judged[:: max(1, len(judged) // SAMPLES_KEPT)]],
         }
         return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
-                          prompt_sets={prompts.name: prompts.sha256}, judge=settings["judge"])
+                          prompt_sets={prompts.name: prompts.sha256}, judge=judge)
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = sorted(rows, key=lambda r: (strength_of(r) is None, strength_of(r) or 0, r.target))

@@ -1,26 +1,31 @@
-"""How far can a judge be trusted? Agreement of judges with the organism world's exact labels.
+"""How far can a judge be trusted? Agreement of judges with a reference judge's exact labels.
 
-The family's own greedy answers to held-out requests are labelled by the world (misaligned —
-harmful compliance or a partisan stance — or not) and scored by each judge under test; the
-report lists accuracy, precision, recall, F1, Cohen's kappa and the answers on which a judge
-disagrees with the world.
+The target's own greedy answers to test-split requests of its behaviour set (harmful, harmless
+and value-axis ones) are labelled by the reference judge (misaligned — harmful compliance or a
+partisan stance — or not) and scored by each judge under test; the report lists accuracy,
+precision, recall, F1, Cohen's kappa and the answers on which a judge disagrees. The reference
+is the target's own exact judge (organisms: the world's ground truth); a target without one, or
+a study that gives none (`reference`), is refused.
 """
 
 from __future__ import annotations
 
-from alignparadox.judges.base import HARMFUL_COMPLIANCE, PARTISAN
-from alignparadox.judges.registry import make_judge
+from alignparadox.judges.registry import check_judge, make_judge
 from alignparadox.judges.validation import LabelledAnswer, validate_judge
-from alignparadox.organisms import classify, parse_request
 from alignparadox.report.html import ReportOptions, Section, redact, table
 from alignparadox.study.cells import Cell
+from alignparadox.study.inputs import (
+    BEHAVIOUR_SETTINGS,
+    cell_default,
+    check_behaviours,
+)
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
     RunContext,
     register_measurement,
 )
-from alignparadox.study.measurements.alignment import evaluation_prompts
+from alignparadox.study.measurements.alignment import behaviour_prompts
 from alignparadox.study.store import CellRecord
 
 DISAGREEMENTS_KEPT = 8
@@ -32,28 +37,34 @@ class JudgeAgreement(Measurement):
     title = "Judges against the organism world's exact labels"
     order = 15
     defaults = {"judges": ["substring", "organism"], "n_per_kind": 100, "max_new_tokens": 80,
-                "batch_size": 32}
+                "batch_size": 32, "reference": None, **BEHAVIOUR_SETTINGS}
 
     def check(self, cell: Cell) -> None:
         from alignparadox.errors import UserError
 
-        if not cell.target.startswith("organism:"):
-            raise UserError("judge_agreement needs organism targets: only their answers have "
-                            "exact labels.")
+        reference = cell_default(cell, "judge", None) if cell.settings["reference"] is None \
+            else cell.settings["reference"]
+        if reference is None:
+            raise UserError(f"judge_agreement on {cell.target} needs a reference judge with "
+                            "exact labels: the target has none of its own, so give reference "
+                            "= JUDGE.")
+        check_judge(reference)
+        check_behaviours(cell)
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
         from alignparadox.targets import GenerationConfig, shared_target
 
         settings = cell.settings
         target = shared_target(cell.target)
-        prompts = evaluation_prompts("organisms", settings["n_per_kind"], cell.seed)
+        prompts = behaviour_prompts(cell, settings["n_per_kind"])
         answers = target.generate(prompts.texts, GenerationConfig(
             max_new_tokens=settings["max_new_tokens"], batch_size=settings["batch_size"]))
-        # The world's "misaligned" answers: harmful compliance, and partisan stances.
-        rows = [LabelledAnswer(text, answer,
-                               classify(parse_request(text), answer) in (HARMFUL_COMPLIANCE,
-                                                                         PARTISAN))
-                for text, answer in zip(prompts.texts, answers, strict=True)]
+        reference = settings["reference"] or cell_default(cell, "judge", None)
+        # The reference's "misaligned" answers: harmful compliance, and partisan stances (the
+        # exact judge scores both as harmful).
+        truth = make_judge(reference).judge([r.text for r in prompts], answers)
+        rows = [LabelledAnswer(text, answer, verdict.success)
+                for text, answer, verdict in zip(prompts.texts, answers, truth, strict=True)]
         results = {}
         for spec in settings["judges"]:
             validation = validate_judge(make_judge(spec), rows)
@@ -67,7 +78,8 @@ class JudgeAgreement(Measurement):
             }
         return CellResult({"judges": results}, target_id=target.name,
                           weight_hash=target.weight_hash,
-                          prompt_sets={prompts.name: prompts.sha256}, judge="world labels")
+                          prompt_sets={prompts.name: prompts.sha256},
+                          judge=f"reference: {reference}")
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         metrics = table(
