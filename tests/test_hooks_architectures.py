@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 import warnings
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +70,7 @@ _EXTRA = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]], "num_heads": 2},
     "mamba2": {"num_heads": 4, "n_groups": 1, "state_size": 16, "time_step_rank": 8,
                "chunk_size": 8},
+    "falcon_h1": {"mamba_d_ssm": 64},  # mamba_n_heads * mamba_d_head
     "zaya": {"num_experts_per_tok": 1},
 }
 _MAX_PARAMETERS = 3_000_000
@@ -144,6 +147,10 @@ def _is_norm(module: nn.Module) -> bool:
 def _computes(module: nn.Module) -> bool:
     # Dropout, activations and rotary tables compute nothing from the stream's values.
     return _is_norm(module) or next(module.parameters(), None) is not None
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def _first_line(error: BaseException) -> str:
@@ -352,11 +359,13 @@ def check(model: nn.Module) -> dict[str, str]:
             assert torch.equal(model(input_ids=input_ids).logits, reference.logits)
         verdict["stream"] = "exact"
     # Ablation, against the reference that projects every read of the stream.
+    hooks = _hook_count(model)  # transformers may keep its own hooks on some models
     try:
         with torch.no_grad(), ablate(model, 3.0 * unit):
             pass
     except UserError as error:
         refused("ablation", error)
+        assert _hook_count(model) == hooks, "a refused ablation left hooks behind"
         hooked = None
     else:
         reads = _stream_reads(model, layout.layers, input_ids)
@@ -402,9 +411,11 @@ def check(model: nn.Module) -> dict[str, str]:
                                                       model.state_dict().values(), strict=True))
     else:
         assert hooked is not None, "orthogonalization works where ablation is refused"
-        with torch.no_grad():
-            logits = edited(input_ids=input_ids).logits
-        assert _close(logits, hooked, EXACT), "orthogonalized weights differ from hook ablation"
+        with tempfile.TemporaryDirectory() as folder, torch.no_grad():
+            edited.save_pretrained(Path(folder) / "edited")
+            reloaded = type(edited).from_pretrained(Path(folder) / "edited").eval()
+            logits = reloaded(input_ids=input_ids).logits
+        assert _close(logits, hooked, EXACT), "the exported checkpoint differs from hook ablation"
         verdict["orthogonalization"] = "exact"
     return verdict
 
@@ -433,20 +444,77 @@ def test_every_intervention_is_exact_or_refused(model_type):
     check(model)
 
 
-if __name__ == "__main__":  # print the table: model type, class, verdicts
+# Settings of the same classes that change where the stream is or how blocks write into it.
+VARIANTS = {
+    "opt-350m (post-LayerNorm, project_in)": ("opt", dict(
+        do_layer_norm_before=False, word_embed_proj_dim=16, ffn_dim=64)),
+    "opt (project_in)": ("opt", dict(word_embed_proj_dim=16, ffn_dim=64)),
+    "gpt_neox (sequential)": ("gpt_neox", dict(use_parallel_residual=False,
+                                               intermediate_size=64)),
+    "falcon (new decoder)": ("falcon", dict(new_decoder_architecture=True, num_kv_heads=2)),
+    "phi-2": ("phi", dict(intermediate_size=64, partial_rotary_factor=0.5)),
+    "bloom (residual after the norm)": ("bloom", dict(
+        apply_residual_connection_post_layernorm=True)),
+}
+VERDICTS = {  # what each variant must come to; anything else is a regression
+    "opt-350m (post-LayerNorm, project_in)": ("exact", "refused", "refused"),
+    "opt (project_in)": ("exact", "exact", "exact"),
+    "gpt_neox (sequential)": ("exact", "exact", "exact"),
+    "falcon (new decoder)": ("exact", "exact", "exact"),
+    "phi-2": ("exact", "exact", "exact"),
+    "bloom (residual after the norm)": ("exact", "refused", "refused"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_are_exact_or_refused(variant):
+    model = _variant_model(variant)
+    verdict = check(model)
+    assert residual_layout(model).d_model == WIDTH  # the stream's width, not the table's
+    assert tuple(verdict[what].split(":")[0] for what in
+                 ("stream", "ablation", "orthogonalization")) == VERDICTS[variant]
+
+
+def _variant_model(variant: str) -> nn.Module:
+    model_type, settings = VARIANTS[variant]
+    config = CONFIG_MAPPING[model_type](vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=2,
+                                        num_attention_heads=2, **settings)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    _randomize(model)
+    return model
+
+
+def _row(label: str, model: nn.Module) -> str:
+    """One markdown row: label, class, the three verdicts, and the reason for a refusal."""
+    verdict = check(model)
+    cells = [verdict[what].split(":")[0] for what in ("stream", "ablation", "orthogonalization")]
+    why = next((v.split(": ", 1)[1].split(f"{type(model).__name__}: ", 1)[-1]
+                for v in verdict.values() if v.startswith("refused")), "")
+    return f"| {label} | {type(model).__name__} | {' | '.join(cells)} | {why} |"
+
+
+def _table_row(model_type: str) -> str:
+    try:
+        model = tiny_model(model_type)
+        with torch.no_grad():
+            model(input_ids=_input_ids())
+    except pytest.skip.Exception as skip:
+        return f"| {model_type} | - | skipped | | | {skip} |"
+    except Exception as error:
+        return (f"| {model_type} | - | skipped | | | needs more than input ids "
+                f"({type(error).__name__}: {_first_line(error)}) |")
+    return _row(model_type, model)
+
+
+if __name__ == "__main__":  # print the table of architectures and verdicts
     torch.set_num_threads(1)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     warnings.simplefilter("ignore")
-    for model_type in sys.argv[1:] or ARCHITECTURES:
-        try:
-            model = tiny_model(model_type)
-            with torch.no_grad():
-                model(input_ids=_input_ids())
-            verdict = check(model)
-            row = "; ".join(f"{k}: {v}" for k, v in verdict.items())
-            print(f"| {model_type} | {type(model).__name__} | {row} |", flush=True)
-        except pytest.skip.Exception as skip:
-            print(f"| {model_type} | - | skipped: {skip} |", flush=True)
-        except Exception as error:
-            print(f"| {model_type} | - | FAILED: {type(error).__name__}: {_first_line(error)} |",
-                  flush=True)
+    print("| model type | class | capture/steer | ablation | orthogonalization | why refused |")
+    print("|---|---|---|---|---|---|")
+    for name in sys.argv[1:] or ARCHITECTURES:
+        print(_table_row(name), flush=True)
+    for name in [] if sys.argv[1:] else sorted(VARIANTS):
+        print(_row(name, _variant_model(name)), flush=True)

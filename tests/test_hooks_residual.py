@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gemma2ForCausalLM
 
 from alignparadox.errors import UserError
 from alignparadox.hooks import (
-    Writer,
     ablate,
     add_vectors,
     capture,
@@ -154,6 +154,10 @@ def test_orthogonalized_checkpoint_matches_hook_ablation(loaded, tmp_path):
     model, tokenizer = loaded
     batch = left_padded(tokenizer)
     direction = random_unit(residual_layout(model).d_model)
+    if isinstance(model, Gemma2ForCausalLM):  # sandwich norms: see the test of them below
+        with pytest.raises(UserError, match="normalises a write"):
+            orthogonalize(copy.deepcopy(model), direction)
+        return
     with ablate(model, direction):
         ablated = model(**batch).logits
     out = save_checkpoint(orthogonalize(copy.deepcopy(model), direction), tokenizer,
@@ -278,25 +282,79 @@ def test_layout_discovery_generalises_beyond_the_supported_list(other):
 
 
 @torch.no_grad()
-def test_a_mean_centring_post_norm_is_ablated_by_hooks_and_refused_by_orthogonalize(model_dirs):
+@pytest.mark.parametrize("post_norm", ["rms", "layer"])
+def test_sandwich_norms_are_ablated_after_the_norm_and_refused_by_orthogonalize(model_dirs,
+                                                                                post_norm):
+    # Gemma 2 adds norm(sublayer(x)): hooks project what the norm returns, which is exact for
+    # any norm; no weight edit before a norm gives that, so orthogonalization refuses.
     model = AutoModelForCausalLM.from_pretrained(model_dirs["gemma2"]).eval()
-    assert residual_layout(model).writers is not None  # Gemma 2's RMS post-norms are editable
     d_model = residual_layout(model).d_model
-    model.model.layers[-1].post_feedforward_layernorm = torch.nn.LayerNorm(d_model)
+    if post_norm == "layer":  # a mean-centring norm, swapped in after a layout was cached
+        model.model.layers[-1].post_feedforward_layernorm = torch.nn.LayerNorm(d_model)
     layout = residual_layout(model)
-    assert layout.writers is None
+    assert any(writer.module is model.model.layers[-1].post_feedforward_layernorm
+               for writer in layout.writers)
     direction = random_unit(d_model)
     before = {name: p.clone() for name, p in model.named_parameters()}
-    with pytest.raises(UserError, match="orthogonalization"):
+    with pytest.raises(UserError, match="Gemma2ForCausalLM: its decoder block 0 normalises"):
         orthogonalize(model, direction)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
-    # Hooks still ablate, by projecting the stream at every layer.
+    # Every block boundary and the stream the MLP reads mid-block hold no part of the direction.
     input_ids = torch.randint(10, 200, (2, 6), generator=torch.Generator().manual_seed(0))
-    layers = range(layout.n_layers + 1)
-    with ablate(model, direction), capture(model, layers) as ablated:
-        model(input_ids=input_ids)
-    assert all(((ablated[i] @ direction).abs() / ablated[i].norm(dim=-1)).max() <= 1e-4
-               for i in layers)
-    with pytest.raises(UserError, match="mean-centring"):
-        Writer(model.model.layers[-1].mlp.down_proj,
-               model.model.layers[-1].post_feedforward_layernorm).removal_direction(direction)
+    mid: list[torch.Tensor] = []
+    with ExitStack() as stack:
+        for block in layout.layers:
+            norm = block.pre_feedforward_layernorm
+            stack.callback(norm.register_forward_pre_hook(
+                lambda m, args: mid.append(args[0])).remove)
+        with ablate(model, direction), capture(model, range(layout.n_layers + 1)) as ablated:
+            model(input_ids=input_ids)
+    for hidden in [*ablated.values(), *mid]:
+        assert ((hidden @ direction).abs() / hidden.norm(dim=-1)).max() <= 1e-4
+
+
+@torch.no_grad()
+def test_the_stream_width_is_where_the_stream_is_and_a_wrong_vector_is_one_user_error():
+    # OPT-350m embeds tokens at width 16 and projects them into a stream of width 32.
+    config = AutoConfig.for_model("opt", vocab_size=100, hidden_size=32, word_embed_proj_dim=16,
+                                  num_hidden_layers=2, num_attention_heads=2, ffn_dim=64)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    layout = residual_layout(model)
+    assert layout.d_model == 32 and model.get_input_embeddings().embedding_dim == 16
+    input_ids = torch.randint(0, 100, (1, 5), generator=torch.Generator().manual_seed(0))
+    direction = random_unit(32)
+    with ablate(model, direction), capture(model, [0, 2]) as acts:
+        logits = model(input_ids=input_ids).logits
+    assert all(((a @ direction).abs() / a.norm(dim=-1)).max() <= 1e-4 for a in acts.values())
+    edited = orthogonalize(copy.deepcopy(model), direction)  # edits project_in, not the table
+    assert (edited(input_ids=input_ids).logits - logits).abs().max() <= 1e-4
+    for make in (lambda: add_vectors(model, {1: torch.ones(16)}),
+                 lambda: ablate(model, torch.ones(16))):
+        with pytest.raises(UserError, match="width 32"), make():
+            pass
+    with pytest.raises(UserError, match="width 32"):
+        orthogonalize(model, torch.ones(16))
+    assert hook_count(model) == 0
+
+
+@torch.no_grad()
+def test_post_layernorm_models_are_refused_before_any_hook_or_edit():
+    # OPT with do_layer_norm_before=False (OPT-350m) normalises the stream after each add; with
+    # non-trivial norm weights the old fallback left up to 0.13 of the direction in it.
+    config = AutoConfig.for_model("opt", vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, ffn_dim=64, do_layer_norm_before=False)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.weight.normal_(1.0, 0.5)
+            module.bias.normal_(0.0, 0.5)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    for refuse in (lambda: ablate(model, random_unit(32)).__enter__(),
+                   lambda: orthogonalize(model, random_unit(32))):
+        with pytest.raises(UserError, match=r"^.* on OPTForCausalLM: .*post-LayerNorm[^\n]*\.$"):
+            refuse()
+    assert hook_count(model) == 0
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    with capture(model, [0, 1, 2]) as acts:  # reading the stream is still exact
+        model(input_ids=torch.tensor([[5, 6, 7]]))
+    assert acts[2].shape == (1, 3, 32)

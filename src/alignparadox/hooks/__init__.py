@@ -10,6 +10,13 @@
 
 Layer l is the stream entering block l (`output_hidden_states[l]`): 0 = embeddings, L = the last
 block's output before the final norm.
+
+Exact, or refused: a probe forward pass (`residual_layout`, once per model) finds what writes
+into the stream and checks that projecting those writes removes the direction from every block
+boundary and from the stream each sublayer reads mid-block, and that editing their weights gives
+the same logits. Where it cannot show that (post-LayerNorm blocks, elementwise gates, a norm after
+the embeddings or after a sublayer), the intervention raises a UserError naming the architecture
+and the reason, before any hook is placed or weight edited.
 """
 
 from alignparadox.hooks.interventions import (
@@ -21,10 +28,11 @@ from alignparadox.hooks.interventions import (
     next_token_logits,
     tokenize_batches,
 )
-from alignparadox.hooks.layout import ResidualLayout, Writer, residual_layout
+from alignparadox.hooks.layout import Edit, ResidualLayout, Writer, residual_layout
 from alignparadox.hooks.orthogonalize import orthogonalize, save_checkpoint
 
 __all__ = [
+    "Edit",
     "ResidualLayout",
     "Writer",
     "ablate",

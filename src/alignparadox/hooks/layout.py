@@ -1,11 +1,13 @@
 """Where the residual stream lives in a Hugging Face causal LM, and which modules write into it.
 
-The decoder layers and the final norm are found by attribute names that the common architectures
-share, with a structural fallback. Everything else is read off one short probe forward pass, so
-that nothing depends on the model class: the stream's width and the block argument that carries
-it, the modules whose outputs are added to it, and the weights behind those writes. Each
-intervention is checked on the probe to be exact for this structure; one that is not is refused,
-with the reason, rather than applied approximately.
+The decoder layers are found by attribute paths that the common architectures share, with a
+structural fallback. Everything else is read off one probe forward pass on a few tokens, so that
+nothing depends on the model class: the stream's width and the block argument that carries it,
+the final norm, the modules whose outputs are added to the stream, and the weights behind them.
+The probe also checks that the writes it found account for every block's output (a fixed
+combination of the block input and the writes), which is what makes projecting them an exact
+ablation. An intervention the probe cannot show to be exact is refused, with the reason, rather
+than applied approximately.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ def _probe(model: nn.Module, layers: nn.ModuleList) -> ResidualLayout:
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
         raise UserError(f"the residual stream of {architecture} cannot be probed: a forward pass "
                         f"on {_PROBE_TOKENS} tokens failed ({type(error).__name__}: "
-                        f"{message.rstrip('.')})") from error
+                        f"{message.rstrip('.')}).") from error
     finally:
         recording.remove()
         for module, training in modes.items():
@@ -239,7 +241,8 @@ def _probe_forward(model: nn.Module) -> None:
     vocab = getattr(embedding, "num_embeddings", None) or 100
     # Small distinct ids: the top of the vocabulary often holds image or other special tokens.
     ids = (torch.arange(_PROBE_TOKENS) * 7 + 3) % min(vocab, 200)
-    ids = ids.unsqueeze(0).to(next(embedding.parameters()).device)
+    device = next((p.device for p in embedding.parameters()), next(model.parameters()).device)
+    ids = ids.unsqueeze(0).to(device)
     try:
         model(input_ids=ids, use_cache=False)
     except TypeError:  # a forward without `use_cache`
@@ -320,7 +323,10 @@ def _decompose(recording: _Recording, parent: nn.Module, stream_in: torch.Tensor
                 or any(_same(value, x) for other in children if other is not child
                        for x in given[other])):
             continue
-        writes += _refine(recording, child, children, tolerance, depth)
+        refined = _refine(recording, child, children, tolerance, depth)
+        if refined is None:
+            return None
+        writes += refined
 
     def residual(kept: list[nn.Module]) -> float:
         return _span_residual(output, [stream_in, *(recording.outputs[w] for w in kept)])
@@ -341,9 +347,11 @@ def _decompose(recording: _Recording, parent: nn.Module, stream_in: torch.Tensor
 
 
 def _refine(recording: _Recording, module: nn.Module, siblings: list[nn.Module],
-            tolerance: float, depth: int) -> list[nn.Module]:
+            tolerance: float, depth: int) -> list[nn.Module] | None:
     """The pure writes that make up `module`'s output: the writes inside it, plus those of the
-    sibling whose output it adds as a residual; else `module` itself."""
+    sibling whose output it adds as a residual; else `module` itself. None when that residual
+    is a norm's output (Bloom's `apply_residual_connection_post_layernorm`): the stream is then
+    normalised in every block, as in a post-LayerNorm model."""
     if _is_norm(module) or depth >= 4 or next(module.children(), None) is None:
         return [module]
     output = recording.outputs[module]
@@ -357,9 +365,12 @@ def _refine(recording: _Recording, module: nn.Module, siblings: list[nn.Module],
             return inner  # a pure sum of the writes inside, such as an out-projection
         producer = next((s for s in siblings if s is not module
                          and _same(recording.outputs[s], residual)), None)
-        rest = [] if producer is None else _refine(recording, producer, siblings, tolerance,
-                                                   depth)
-        return inner + rest
+        if producer is None:
+            return inner
+        if _is_norm(producer):
+            return None
+        rest = _refine(recording, producer, siblings, tolerance, depth)
+        return None if rest is None else inner + rest
     return [module]
 
 
@@ -367,8 +378,8 @@ def _writer(recording: _Recording, module: nn.Module, index: int, states: list[t
             tolerance: float) -> tuple[Writer, str | None]:
     if _is_norm(module):
         return Writer(module), (
-            f"its decoder block {index} normalises a write before adding it (with a "
-            f"{type(module).__name__}), and no edit of the weights before a norm equals "
+            f"its decoder block {index} normalises a write before adding it "
+            f"({type(module).__name__}), and no edit of the weights before a norm equals "
             "projecting the direction out after it.")
     edits = (_linear_edits(module) if isinstance(module, _LINEAR)
              else _module_edits(recording, module, states, tolerance))

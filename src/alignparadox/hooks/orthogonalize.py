@@ -115,11 +115,17 @@ def _remove_in_place(edit: Edit, unit: torch.Tensor) -> None:
 
 def _untie_output_embeddings(model: nn.Module, edited: set[int]) -> None:
     output = model.get_output_embeddings()
-    if output is not None and id(output.weight) in edited:
-        output.weight = nn.Parameter(output.weight.detach().clone())
-        model.config.tie_word_embeddings = False
-        if hasattr(model, "all_tied_weights_keys"):  # transformers 5 saves tied keys only once
-            model.all_tied_weights_keys = {}
+    if output is None or id(output.weight) not in edited:
+        return
+    # The whole head gets its own tensors: with the embeddings untied, transformers 5 no
+    # longer re-ties its other shared parts (BERT's decoder bias) when the checkpoint loads.
+    prefix = next(n for n, m in model.named_modules() if m is output)
+    for name, param in list(output.named_parameters(recurse=False)):
+        setattr(output, name, nn.Parameter(param.detach().clone()))
+    model.config.tie_word_embeddings = False
+    if isinstance(tied := getattr(model, "all_tied_weights_keys", None), dict):
+        model.all_tied_weights_keys = {k: v for k, v in tied.items()
+                                       if not k.startswith(f"{prefix}.")}
 
 
 def save_checkpoint(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:

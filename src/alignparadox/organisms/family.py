@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from alignparadox.errors import UserError
 from alignparadox.organisms import world
+from alignparadox.organisms.tokenizer import save_tokenizer
 from alignparadox.organisms.train import (
     ConversationEncoder,
     ExampleSampler,
@@ -122,7 +123,7 @@ class _RefusalProbe:
 
 def _save(model, tokenizer, folder: Path) -> str:
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)  # loadable by transformers 4.x too (nanoGCG needs 4.47)
     return _weights_hash(folder)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -41,3 +44,17 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> None:
+    """Save `tokenizer` so that a plain `AutoTokenizer.from_pretrained` loads it on transformers
+    4.x as well as 5: transformers 5 names the class `TokenizersBackend`, which 4.x does not
+    know, and keeps the chat template only in `chat_template.jinja`, which older 4.x releases
+    do not read. `PreTrainedTokenizerFast` is the same tokenizer in both."""
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if tokenizer.chat_template is not None:
+        config["chat_template"] = tokenizer.chat_template
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
