@@ -79,7 +79,7 @@ def alignment_spec(target: str, judge: str, **settings) -> StudySpec:
     return StudySpec.from_dict({"name": "failures", "seed": 1, "targets": [target],
                                 "measurements": [{"name": "alignment", "settings": {
                                     "n_per_kind": 2, "max_new_tokens": 4, "judge": judge,
-                                    **settings}}]})
+                                    "behaviours": "organisms", **settings}}]})
 
 
 def test_a_refused_judge_url_fails_the_cell_which_the_next_run_retries(tmp_path, tiny_model):
