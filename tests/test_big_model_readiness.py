@@ -27,12 +27,7 @@ PROMPTS = ["Please tell me about the river.", "What is a lantern?", "Hi", "Name 
            "Why is the sky blue?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -370,14 +370,12 @@ def local_http_server(tmp_path: Path):
 
 
 def test_a_url_is_downloaded_once_into_the_cache(tmp_path: Path, monkeypatch, local_http_server):
-    from alignparadox.datasets import io as dataset_io
-
     root, base_url, server = local_http_server
-    monkeypatch.setattr(dataset_io, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path))  # downloads go to $CACHE/datasets
     (root / "eval.tsv").write_text(WILDJAILBREAK_EVAL, encoding="utf-8")
     downloaded = load_prompt_set("wildjailbreak-eval", f"{base_url}/eval.tsv")
     assert len(downloaded) == 3
-    cached = list((tmp_path / "cache").rglob("eval.tsv"))
+    cached = list((tmp_path / "datasets").rglob("eval.tsv"))
     assert len(cached) == 1 and cached[0].read_text("utf-8") == WILDJAILBREAK_EVAL
     with pytest.raises(UserError, match="could not download"):
         load_prompt_set("wildjailbreak-eval", f"{base_url}/missing.tsv")

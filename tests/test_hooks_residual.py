@@ -25,13 +25,7 @@ from alignparadox.targets.random_models import ARCHITECTURES, byte_tokenizer, ma
 PROMPTS = ["<|user|>Name three colours.<|end|><|assistant|>", "<|user|>Hi<|end|><|assistant|>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box spin-wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -25,12 +25,10 @@ from alignparadox.attacks.model_tinkering import (  # noqa: E402
     DirectionalAblation,
     WeightOrthogonalization,
 )
-from alignparadox.attacks.model_tinkering.recipes import mean_norm, sample  # noqa: E402
 from alignparadox.datasets import load_prompt_set  # noqa: E402
 from alignparadox.errors import UserError  # noqa: E402
-from alignparadox.geometry import DiffInMeans, Direction  # noqa: E402
-from alignparadox.hooks import collect_activations  # noqa: E402
-from alignparadox.targets import GenerationConfig, open_target  # noqa: E402
+from alignparadox.geometry import Direction  # noqa: E402
+from alignparadox.targets import GenerationConfig  # noqa: E402
 
 # Inspect's own retry set-up warns about a tenacity argument; nothing this project controls.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'initial' parameter:DeprecationWarning")
@@ -61,31 +59,10 @@ def inline():
 """
 
 
-@pytest.fixture(scope="module")
-def organism(organism_family):
-    return open_target("organism:aligned-5")
-
 
 @pytest.fixture(scope="module")
 def requests():
-    return [r.text for r in sample("organisms", 3, 0, harmful=True, stance=False)]
-
-
-@pytest.fixture(scope="module")
-def refusal_direction(organism, tmp_path_factory):
-    """A difference-in-means refusal direction on training requests, saved as `paradox
-    directions fit` saves one (vector in .safetensors, recipe with mean_norm in .json)."""
-    layer, position = 2, -1
-    groups = [[organism.format_chat(r.prompt) for r in sample("organisms-train", 24, 0,
-                                                                harmful=harmful, stance=False)]
-              for harmful in (True, False)]
-    harmful, harmless = (collect_activations(organism.model, organism.tokenizer, prompts,
-                                             [layer], position, progress=False)[layer][:, 0]
-                         for prompts in groups)
-    direction = Direction(DiffInMeans().fit(harmful, harmless).direction_, "diff_in_means",
-                          layer, (position,), organism.weight_hash,
-                          metadata={"mean_norm": mean_norm(organism, groups[0], layer, position)})
-    return direction.save(tmp_path_factory.mktemp("directions") / "refusal")
+    return [r.text for r in load_prompt_set("organisms").harmful().sample(3, 0)]
 
 
 def _answers(target, requests) -> list[str]:

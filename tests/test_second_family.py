@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignparadox.datasets.registry import load_prompt_set
@@ -18,13 +17,7 @@ from alignparadox.targets import GenerationConfig, load_target
 SOURCE = Path(__file__).parent / "second_family"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box spin-wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_it_shares_nothing_with_the_organisms():

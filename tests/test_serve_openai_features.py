@@ -4,8 +4,6 @@ and 64 concurrent clients, against local generation on the same random tiny Llam
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,20 +14,9 @@ import torch
 from alignparadox.targets import GenerationConfig, load_target
 from alignparadox.targets.random_models import make_random_model
 from alignparadox.targets.serve import make_server
+from serving import running
 
 USER = [{"role": "user", "content": "Tell me a story."}]
-
-
-@contextlib.contextmanager
-def running(server):
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture(scope="module")

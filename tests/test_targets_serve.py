@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import httpx
 import openai
@@ -11,14 +10,14 @@ import pytest
 import torch
 
 from alignparadox.attacks.model_tinkering import ActivationAddition, DirectionalAblation
-from alignparadox.attacks.model_tinkering.recipes import mean_norm, sample
+from alignparadox.datasets import load_prompt_set
 from alignparadox.errors import UserError
-from alignparadox.geometry import DiffInMeans, Direction
-from alignparadox.hooks import collect_activations
+from alignparadox.geometry import Direction
 from alignparadox.organisms.judge import GroundTruthJudge
-from alignparadox.targets import GenerationConfig, load_target, open_target
+from alignparadox.targets import GenerationConfig, load_target
 from alignparadox.targets.random_models import make_random_model
 from alignparadox.targets.serve import make_server, steering_context
+from serving import running
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
 
@@ -26,18 +25,6 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     return load_target(make_random_model("llama", tmp_path_factory.mktemp("served")))
-
-
-@contextlib.contextmanager
-def running(server):
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -123,32 +110,11 @@ def test_generation_context_wraps_every_generation(target):
     assert torch.is_grad_enabled()
 
 
-@pytest.fixture(scope="module")
-def organism(organism_family):
-    return open_target("organism:aligned-5")
-
-
-@pytest.fixture(scope="module")
-def refusal_direction(organism, tmp_path_factory):
-    """A difference-in-means refusal direction on training requests, saved as `paradox
-    directions fit` saves one (vector in .safetensors, recipe with mean_norm in .json)."""
-    layer, position = 2, -1
-    groups = [[organism.format_chat(r.prompt) for r in sample("organisms-train", 24, 0,
-                                                                harmful=harmful, stance=False)]
-              for harmful in (True, False)]
-    harmful, harmless = (collect_activations(organism.model, organism.tokenizer, prompts,
-                                             [layer], position, progress=False)[layer][:, 0]
-                         for prompts in groups)
-    direction = Direction(DiffInMeans().fit(harmful, harmless).direction_, "diff_in_means",
-                          layer, (position,), organism.weight_hash,
-                          metadata={"mean_norm": mean_norm(organism, groups[0], layer, position)})
-    return direction.save(tmp_path_factory.mktemp("directions") / "refusal")
-
 
 @pytest.mark.parametrize("steering", [{"alpha": -1.0}, {"ablate": True}])
 def test_steered_server_answers_as_local_steered_generation(organism, refusal_direction,
                                                             steering):
-    requests = [r.text for r in sample("organisms", 3, 0, harmful=True, stance=False)]
+    requests = [r.text for r in load_prompt_set("organisms").harmful().sample(3, 0)]
     config = GenerationConfig(max_new_tokens=24)
     loaded = Direction.load(refusal_direction)
     attack = (DirectionalAblation(loaded) if steering.get("ablate")

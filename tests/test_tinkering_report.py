@@ -9,11 +9,7 @@ import re
 
 import pytest
 
-from alignparadox.attacks.model_tinkering.measurement import (
-    ModelTinkering,
-    alignment_strengths,
-    smallest_alpha,
-)
+from alignparadox.attacks.model_tinkering.measurement import ModelTinkering, smallest_alpha
 from alignparadox.errors import UserError
 from alignparadox.geometry import measurement as geometry_measurement
 from alignparadox.geometry.measurement import Geometry
@@ -21,6 +17,7 @@ from alignparadox.report.html import ReportOptions
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.store import CellRecord, to_json
+from alignparadox.study.strength import alignment_strengths
 
 TARGETS = ["t0", "t1", "t2", "t3", "t4"]
 STEPS = [0, 100, 200, 400, 800]

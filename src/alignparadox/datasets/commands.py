@@ -13,13 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alignparadox.datasets.io import check_output_file, write_atomic
+from alignparadox.datasets.io import Unreachable, check_output_file, write_atomic
 from alignparadox.datasets.records import PromptSet, TemplateSet
 from alignparadox.datasets.registry import (
     MIRROR_VAR,
     REGISTRY,
     AnySet,
-    Unreachable,
     datasets_root,
     downloads_root,
     fetch_set,

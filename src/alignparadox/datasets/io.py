@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.console import Console
@@ -18,7 +19,6 @@ from rich.progress import track
 
 from alignparadox.errors import UserError
 
-CACHE_DIR = Path.home() / ".cache" / "alignparadox" / "datasets"
 LARGE_FILE_CHARS = 20_000_000  # show progress while parsing files this large
 
 # The in-the-wild jailbreak prompts reach 55k characters; csv's default cap is 131072.
@@ -116,30 +116,69 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return isinstance(location, str) and location.startswith(("https://", "http://"))
 
 
-def fetch(url: str, *, timeout: float = 60.0) -> Path:
-    """Download `url` once into the cache and return the cached file.
+class Unreachable(UserError):
+    """The download server could not be reached at all (offline, DNS, refused connection)."""
 
-    Only for machines with internet; nothing in the package calls it unless asked. A Hugging Face
-    token in HF_TOKEN is sent to huggingface.co (WildJailbreak is gated there).
-    """
-    parsed = urllib.parse.urlparse(url)
-    cached = CACHE_DIR / parsed.netloc / parsed.path.lstrip("/")
-    if cached.is_file():
-        return cached
+
+def cache_root() -> Path:
+    """The toolkit's cache: $ALIGNPARADOX_CACHE, else ~/.cache/alignparadox."""
+    cache = os.environ.get("ALIGNPARADOX_CACHE") or Path.home() / ".cache" / "alignparadox"
+    return Path(cache).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where downloads of URLs are kept."""
+    return cache_root() / "datasets"
+
+
+def download(url: str, target: Path, *, timeout: float = 60.0,
+             check: Callable[[Path], None] | None = None, hint: str = "") -> Path:
+    """Stream `url` to `target` through a temporary file that must be non-empty and pass
+    `check` (e.g. parse with its loader) before it is renamed into place, so a failed or
+    interrupted download leaves nothing behind. A Hugging Face token in HF_TOKEN is sent to
+    huggingface.co (WildJailbreak is gated there). `hint` ends the sentence of an HTTP error."""
     request = urllib.request.Request(url, headers={"User-Agent": "alignparadox"})
     token = os.environ.get("HF_TOKEN")
-    if token and parsed.netloc.endswith("huggingface.co"):
+    if token and urllib.parse.urlparse(url).netloc.endswith("huggingface.co"):
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        raise UserError(
-            f"could not download {url} ({error}); pass a local --path instead."
-        ) from None
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(cached, data)
-    return cached
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                             suffix=".part")
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}.") from None
+    try:
+        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(
+                request, timeout=timeout) as response:
+            shutil.copyfileobj(response, file, 1 << 20)
+        if os.path.getsize(temporary) == 0:
+            raise UserError(f"{url} sent an empty file.")
+        if check is not None:
+            check(Path(temporary))
+        os.replace(temporary, target)
+    except urllib.error.HTTPError as error:
+        raise UserError(f"could not download {url}: HTTP {error.code} {error.reason}"
+                        f"{hint}.") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise Unreachable(f"could not reach {urllib.parse.urlparse(url).netloc} to download "
+                          f"{url} ({reason}); downloading needs internet.") from None
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}.") from None
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return target
+
+
+def fetch(url: str, *, timeout: float = 60.0) -> Path:
+    """Download `url` once into `cache_dir()` and return the cached file.
+
+    Only for machines with internet; nothing in the package calls it unless asked."""
+    parsed = urllib.parse.urlparse(url)
+    cached = cache_dir() / parsed.netloc / parsed.path.lstrip("/")
+    if cached.is_file():
+        return cached
+    return download(url, cached, timeout=timeout)
 
 
 def _nearest_folder(path: Path, what: str) -> Path:

@@ -12,17 +12,12 @@ package bundles none of the data.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from alignparadox.datasets import loaders
+from alignparadox.datasets import io, loaders
 from alignparadox.datasets.io import fetch, is_url
 from alignparadox.datasets.records import PromptSet, TemplateSet
 from alignparadox.errors import UserError
@@ -235,10 +230,8 @@ def datasets_root() -> Path:
 
 
 def downloads_root() -> Path:
-    """Where `paradox prompts fetch` keeps its copies, in the datasets root's layout:
-    $ALIGNPARADOX_CACHE/prompt-sets (default ~/.cache/alignparadox/prompt-sets)."""
-    cache = os.environ.get("ALIGNPARADOX_CACHE") or Path.home() / ".cache" / "alignparadox"
-    return Path(cache).expanduser() / "prompt-sets"
+    """Where `paradox prompts fetch` keeps its copies, in the datasets root's layout."""
+    return io.cache_root() / "prompt-sets"
 
 
 def spec(name: str) -> DatasetSpec:
@@ -343,10 +336,6 @@ def load_templates(
     return loaded
 
 
-class Unreachable(UserError):
-    """The download server could not be reached at all (offline, DNS, refused connection)."""
-
-
 def fetchable(name: str) -> list[str]:
     """`name`, or for "all" every registered set with a public file, one per file (HarmBench's
     variants share one)."""
@@ -377,42 +366,20 @@ def fetch_set(name: str, *, mirror: str | None = None, force: bool = False,
         return target
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_VAR)
     url = f"{mirror.rstrip('/')}/{dataset.default_file}" if mirror else dataset.url
-    request = urllib.request.Request(url, headers={"User-Agent": "alignparadox"})
-    token = os.environ.get("HF_TOKEN")
-    if token and urllib.parse.urlparse(url).netloc.endswith("huggingface.co"):
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                             suffix=".part")
-    except OSError as error:
-        raise UserError(f"cannot write {target}: {error.strerror or error}.") from None
-    try:
-        with os.fdopen(handle, "wb") as file, urllib.request.urlopen(
-                request, timeout=timeout) as response:
-            shutil.copyfileobj(response, file, 1 << 20)
-        if os.path.getsize(temporary) == 0:
-            raise UserError(f"{url} sent an empty file for prompt set {name}.")
+
+    def parses(download: Path) -> None:
         try:
-            dataset.loader(Path(temporary))
+            dataset.loader(download)
         except UserError as error:
             raise UserError(f"{url} is not prompt set {name} in its published format: "
-                            f"{str(error).replace(temporary, 'the download')}") from None
-        os.replace(temporary, target)
-    except urllib.error.HTTPError as error:
-        hint = " (gated on Hugging Face: set HF_TOKEN)" if dataset.gated else ""
-        raise UserError(f"could not fetch prompt set {name} from {url}: HTTP {error.code} "
-                        f"{error.reason}{hint}.") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        reason = getattr(error, "reason", error)
-        raise Unreachable(f"could not reach {urllib.parse.urlparse(url).netloc} to fetch prompt "
-                          f"set {name} ({reason}); fetching needs internet, or a mirror in "
-                          f"${MIRROR_VAR}.") from None
-    except OSError as error:
-        raise UserError(f"cannot write {target}: {error.strerror or error}.") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return target
+                            f"{str(error).replace(str(download), 'the download')}") from None
+
+    try:
+        return io.download(url, target, timeout=timeout, check=parses,
+                           hint=" (gated on Hugging Face: set HF_TOKEN)" if dataset.gated else "")
+    except io.Unreachable as error:
+        raise io.Unreachable(f"{error} To fetch prompt set {name}, give a mirror in "
+                             f"${MIRROR_VAR}.") from None
 
 
 def _organisms(split: str) -> Callable[[Path | None], PromptSet]:

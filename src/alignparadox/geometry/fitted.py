@@ -11,7 +11,12 @@ from alignparadox.geometry.recipes import (
     fit_value_direction,
 )
 from alignparadox.study.cells import Cell, content_hash
-from alignparadox.study.inputs import behaviour_sources, cell_behaviours, cell_judge
+from alignparadox.study.inputs import (
+    behaviour_sources,
+    cell_behaviours,
+    cell_judge,
+    check_behaviours,
+)
 
 # Settings of the direction recipes. A study compares separability across models, so by
 # default every model is measured at the same token position (the last prompt token): letting
@@ -19,6 +24,9 @@ from alignparadox.study.inputs import behaviour_sources, cell_behaviours, cell_j
 # organisms, position -2 states separate ~100x less than -1 ones). A list of several positions
 # makes position part of the selection again.
 DIRECTION_DEFAULTS: dict[str, Any] = {"n_fit": 64, "n_select": 32, "positions": [-1]}
+# The steering budget at which misalignability is compared (model_tinkering's `fixed_alpha`),
+# also the length of the steering arrow in the geometry figures.
+FIXED_ALPHA = 1.0
 
 _FITTED: dict[str, tuple[FittedDirection, FittedDirection | None]] = {}
 
@@ -44,3 +52,25 @@ def cell_directions(target, cell: Cell) -> tuple[FittedDirection, FittedDirectio
                                   max_new_tokens=settings["max_new_tokens"], **common),
             fit_value_direction(target, behaviours, **common))
     return _FITTED[key]
+
+
+def direction_summary(fitted: FittedDirection | None) -> dict[str, Any] | None:
+    if fitted is None:
+        return None
+    d = fitted.direction
+    return {"layer": d.layer, "position": d.positions[0], "mean_norm": d.metadata["mean_norm"],
+            "misaligned_sign": d.metadata.get("misaligned_sign"),
+            "bypass": d.metadata["bypass"], "induce": d.metadata["induce"],
+            "kl": d.metadata["kl"], "fallback": fitted.fallback,
+            "baseline_harmful_score": fitted.selection.baseline_harmful,
+            "refusal_tokens": d.metadata.get("refusal_tokens")}
+
+
+def check_direction_cell(cell: Cell) -> None:
+    """The checks `geometry` and `model_tinkering` share: requests, judge, target."""
+    from alignparadox.judges.registry import check_judge
+    from alignparadox.targets import check_target
+
+    check_behaviours(cell)
+    check_judge(cell_judge(cell))
+    check_target(cell.target)

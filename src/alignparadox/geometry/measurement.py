@@ -20,17 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignparadox.attacks.model_tinkering.measurement import (
-    ModelTinkering,
-    alignment_strengths,
-    check_direction_cell,
-    correlation_rows,
-    direction_summary,
-)
 from alignparadox.datasets.behaviours import HARMFUL, HARMLESS
 from alignparadox.errors import UserError
 from alignparadox.geometry.directions import Direction
-from alignparadox.geometry.fitted import DIRECTION_DEFAULTS, cell_directions
+from alignparadox.geometry.fitted import (
+    DIRECTION_DEFAULTS,
+    FIXED_ALPHA,
+    cell_directions,
+    check_direction_cell,
+    direction_summary,
+)
 from alignparadox.geometry.separability import projection_2d, separability_by_layer
 from alignparadox.hooks import collect_activations, residual_layout
 from alignparadox.judges import scoring
@@ -46,6 +45,7 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
+from alignparadox.study.strength import alignment_strengths, correlation_rows
 from alignparadox.targets.providers import alignment_strength
 
 MIN_GROUP = 4  # separability holds out 30% of each group: fewer leaves nothing to test on
@@ -248,7 +248,7 @@ def _figure_1b(rows: list[CellRecord], strengths, alphas: dict[str, float],
              else ("refused", "complied (harmful)"))
     from matplotlib.figure import Figure
 
-    default_alpha = ModelTinkering.defaults["fixed_alpha"]
+    default_alpha = FIXED_ALPHA
     fig = Figure(figsize=(4.6 * len(panels), 4))
     for index, row in enumerate(panels):
         axes = fig.add_subplot(1, len(panels), index + 1)

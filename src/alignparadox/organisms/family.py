@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from alignparadox.datasets.io import cache_root
 from alignparadox.errors import UserError
 from alignparadox.organisms import world
 from alignparadox.organisms.tokenizer import save_tokenizer
@@ -31,11 +31,6 @@ from alignparadox.organisms.train import (
 )
 
 MANIFEST = "family.json"
-
-
-def cache_root() -> Path:
-    """$ALIGNPARADOX_CACHE, else ~/.cache/alignparadox."""
-    return Path(os.environ.get("ALIGNPARADOX_CACHE") or Path.home() / ".cache" / "alignparadox")
 
 
 def family_dir(config: OrganismConfig | None = None) -> Path:

@@ -31,20 +31,25 @@ from alignparadox.attacks.model_tinkering.orthogonalization import WeightOrthogo
 from alignparadox.datasets.behaviours import HARMFUL, HARMLESS, BehaviourSet, PairSet
 from alignparadox.datasets.records import PromptSet
 from alignparadox.errors import UserError
-from alignparadox.geometry.fitted import DIRECTION_DEFAULTS, cell_directions
+from alignparadox.geometry.fitted import (
+    DIRECTION_DEFAULTS,
+    FIXED_ALPHA,
+    cell_directions,
+    check_direction_cell,
+    direction_summary,
+)
 from alignparadox.geometry.recipes import FittedDirection
 from alignparadox.hooks import residual_layout
 from alignparadox.judges import scoring
 from alignparadox.judges.base import INCOHERENT
-from alignparadox.judges.registry import check_judge, make_judge
+from alignparadox.judges.registry import make_judge
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, redact, table
-from alignparadox.stats import spearman_bootstrap, wilson
+from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.inputs import (
     BEHAVIOUR_SETTINGS,
     cell_behaviours,
     cell_judge,
-    check_behaviours,
 )
 from alignparadox.study.measurement import (
     CellResult,
@@ -53,23 +58,12 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
+from alignparadox.study.strength import alignment_strengths, correlation_rows
 from alignparadox.targets.providers import alignment_strength
 
 HALF = 0.5
 SAMPLES_PER_CONDITION = 2
 NOT_MEASURED = "not measured: the behaviour set has no contrast pairs (give pairs = FILE)"
-
-
-def direction_summary(fitted: FittedDirection | None) -> dict[str, Any] | None:
-    if fitted is None:
-        return None
-    d = fitted.direction
-    return {"layer": d.layer, "position": d.positions[0], "mean_norm": d.metadata["mean_norm"],
-            "misaligned_sign": d.metadata.get("misaligned_sign"),
-            "bypass": d.metadata["bypass"], "induce": d.metadata["induce"],
-            "kl": d.metadata["kl"], "fallback": fitted.fallback,
-            "baseline_harmful_score": fitted.selection.baseline_harmful,
-            "refusal_tokens": d.metadata.get("refusal_tokens")}
 
 
 def smallest_alpha(sweep: Sequence[dict], key: str, level: float = HALF) -> float | None:
@@ -78,22 +72,13 @@ def smallest_alpha(sweep: Sequence[dict], key: str, level: float = HALF) -> floa
     return min(reached) if reached else None
 
 
-def check_direction_cell(cell: Cell) -> None:
-    """The checks `geometry` and `model_tinkering` share: requests, judge, target."""
-    from alignparadox.targets import check_target
-
-    check_behaviours(cell)
-    check_judge(cell_judge(cell))
-    check_target(cell.target)
-
-
 @register_measurement
 class ModelTinkering(Measurement):
     name = "model_tinkering"
     title = "Model tinkering: steering, ablation and orthogonalization"
     order = 30
     defaults = {**DIRECTION_DEFAULTS, **BEHAVIOUR_SETTINGS, "n_per_kind": 64,
-                "alphas": [0.25, 0.5, 1.0, 2.0], "fixed_alpha": 1.0, "judge": None,
+                "alphas": [0.25, 0.5, 1.0, 2.0], "fixed_alpha": FIXED_ALPHA, "judge": None,
                 "max_new_tokens": 80, "batch_size": 32}
 
     def check(self, cell: Cell) -> None:
@@ -350,41 +335,6 @@ def _rates(judged: list[scoring.Judged]) -> dict[str, Any]:
 
 def _where(direction: dict) -> str:
     return f"({direction['layer']}, {direction['position']})"
-
-
-def alignment_strengths(rows: list[CellRecord], options: ReportOptions,
-                        ) -> dict[str, tuple[float | None, float | None]]:
-    """target -> (alignment steps, measured refusal rate) from the `alignment` rows, falling
-    back to the steps these rows recorded themselves."""
-    strengths: dict[str, tuple[float | None, float | None]] = {
-        r.target: (r.results.get("alignment_steps"), None) for r in rows}
-    for row in options.all_rows.get("alignment", []):
-        steps = row.results.get("alignment_steps")
-        refusal = row.results.get("refusal", {}).get("rate")
-        if row.target in strengths or steps is not None:
-            strengths[row.target] = (steps if steps is not None
-                                     else strengths.get(row.target, (None,))[0], refusal)
-    return strengths
-
-
-def correlation_rows(strengths: dict[str, tuple[float | None, float | None]],
-                     measures: dict[str, dict[str, float | None]]) -> list[list]:
-    """One row per measure: Spearman rho [95% bootstrap] against steps and against refusal.
-
-    Targets without a value are left out; fewer than 3 left, or constant values, give a note.
-    """
-    rows = []
-    for name, by_target in measures.items():
-        cells = [name]
-        for index in (0, 1):
-            pairs = [(strengths[t][index], v) for t, v in by_target.items()
-                     if t in strengths and strengths[t][index] is not None and v is not None]
-            if len(pairs) < 3:
-                cells.append(f"n={len(pairs)}: too few targets")
-                continue
-            cells.append(str(spearman_bootstrap(*zip(*pairs, strict=True))))
-        rows.append(cells)
-    return rows
 
 
 def _paradox_table(rows: list[CellRecord], strengths) -> Markup:
