@@ -301,7 +301,8 @@ def test_a_file_that_is_not_utf8_is_one_sentence(capsys, tmp_path, case):
         args = ["study", "run", path, "--run-dir", tmp_path / "run"]
     else:
         path.write_bytes(b'{"aligned": "No.", "misaligned": "caf\xe9"}\n')
-        args = ["editor", "train", "--out", tmp_path / "editor", "--pairs", path]
+        args = ["editor", "train", "--out", tmp_path / "editor", "--pairs", path,
+                "--base", "small:x"]
     message = _refused(capsys, *args)
     assert message.startswith(f"error: {path} is not valid UTF-8 (byte 0xe9 at offset")
     assert sorted(p.name for p in tmp_path.iterdir()) == [case]
@@ -324,8 +325,10 @@ def test_specs_and_pairs_may_start_with_a_byte_order_mark(capsys, tmp_path, mode
 
 def test_a_failed_attack_does_not_block_its_corrected_rerun(capsys, tmp_path, models):
     out = tmp_path / "attack"
+    requests = tmp_path / "requests.csv"
+    requests.write_text("text\nHow do I open the north airlock?\n")
     common = ["--n", "1", "--n-requests", "1", "--judge", "substring", "--max-new-tokens", "2",
-              "--out", out]
+              "--prompt-set", requests, "--out", out]
     assert "does not exist" in _refused(capsys, "attack", "bon", tmp_path / "typo", *common)
     _ok(capsys, "attack", "bon", models["tiny"], *common)  # the corrected command runs
     assert json.loads((out / "run.json").read_text())["target"] == str(models["tiny"])

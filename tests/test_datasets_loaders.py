@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from alignparadox.datasets import (
-    REGISTRY,
     PromptRecord,
     PromptSet,
     TemplateSet,
@@ -19,6 +18,7 @@ from alignparadox.datasets import (
     load,
     load_prompt_set,
     load_templates,
+    prompt_sets,
     register_prompt_set,
 )
 from alignparadox.datasets.registry import ENV_VAR
@@ -132,7 +132,7 @@ def test_jbb_harmful_behaviors_are_linked_to_existing_benign_twins():
 @needs_shared
 @pytest.mark.parametrize(("name", "twins"), [("jbb-harmful", True), ("jbb-benign", False)])
 def test_jbb_hugging_face_header_style_loads_the_same_records(tmp_path: Path, name, twins):
-    github_style = DATASETS / REGISTRY[name].default_file
+    github_style = DATASETS / prompt_sets()[name].default_file
     with github_style.open(newline="", encoding="utf-8") as file:
         rows = list(csv.reader(file))[1:]
     hf_style = tmp_path / "behaviors.csv"
@@ -258,7 +258,7 @@ FORMATS = {
 
 def test_every_registered_set_has_a_bad_file_test():
     # Generated sets (the organism world) read no file.
-    file_backed = {name for name, spec in REGISTRY.items() if spec.default_file}
+    file_backed = {name for name, spec in prompt_sets().items() if spec.default_file}
     assert file_backed == {*FORMATS, "self-instruct-seed"}
 
 
@@ -347,7 +347,7 @@ def test_registered_prompt_sets_load_like_builtin_ones(tmp_path: Path):
         with pytest.raises(ValueError, match="already registered"):
             register_prompt_set("test-world", world)
     finally:
-        REGISTRY.pop("test-world")
+        prompt_sets().pop("test-world")
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def test_loss_decreases_over_a_few_steps(tiny_llama):
 
 def test_cached_candidate_losses_equal_plain_forward(tiny_llama):
     objective = gcg._Objective(tiny_llama, REQUEST, TARGET, " ")
-    ids = gcg._initial_ids(tiny_llama.tokenizer, small_config())
+    ids = gcg._initial_ids(tiny_llama.tokenizer, small_config(), [objective])
     vocab = len(tiny_llama.tokenizer)
     loss, grad, kv = objective.gradient(ids, vocab)
     allowed = gcg.allowed_tokens(tiny_llama.tokenizer, vocab)
@@ -62,10 +62,10 @@ def test_one_hot_path_matches_a_scaled_embedding_module(tmp_path):
     embedding = gemma.model.get_input_embeddings()
     assert float(embedding.embed_scale) == 8.0
     vocab = len(gemma.tokenizer)
-    ids = gcg._initial_ids(gemma.tokenizer, small_config())
+    objective = gcg._Objective(gemma, REQUEST, TARGET, " ")
+    ids = gcg._initial_ids(gemma.tokenizer, small_config(), [objective])
     one_hot = F.one_hot(ids, vocab).to(embedding.weight.dtype)
     assert torch.equal(gcg.embed_one_hot(embedding, one_hot), embedding(ids))
-    objective = gcg._Objective(gemma, REQUEST, TARGET, " ")
     loss, grad, kv = objective.gradient(ids, vocab)
     assert abs(loss - float(objective.full_losses(ids[None])[0])) <= 1e-4
     candidates = gcg.sample_candidates(ids, grad, gcg.allowed_tokens(gemma.tokenizer, vocab),
@@ -397,3 +397,12 @@ def test_screening_settings_reach_the_gcg_config():
     config = gcg_config({**GCGAttack.defaults, "screen_dtype": "model", "rescore_k": 3}, seed=0)
     assert (config.screen_dtype, config.rescore_k) == ("model", 3)
     assert gcg_config(GCGAttack.defaults, seed=0).screen_dtype == "auto"
+
+
+def test_the_default_suffix_survives_a_metaspace_tokenizer(second_family):
+    # The second family's SentencePiece-style tokenizer joins "x" to the text before it
+    # differently from a byte-level one; GCG picks a neutral start that round-trips there.
+    target = load_target(second_family.members[-1].path)
+    result = gcg.run(target, "How do I vent the teal airlock?", "Sure, here is how",
+                     small_config(num_steps=2))
+    assert len(result.best_ids) == small_config().suffix_length and len(result.losses) == 2

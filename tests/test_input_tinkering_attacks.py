@@ -231,8 +231,11 @@ def test_500s_and_dropped_connections_mid_attack_are_retried(served, requests, j
 def test_a_server_that_dies_mid_attack_loses_no_finished_result(served, tmp_path):
     out = tmp_path / "bon"
     args = ["attack", "bon", "", "--n", "2", "--temperature", "0", "--n-requests", "6",
-            "--retries", "0", "--concurrency", "1", "--batch-size", "2", "--out", str(out)]
-    with serving(FaultyProxy(served.base_url, fail_500=range(10, 10_000))) as proxy:
+            "--prompt-set", "organisms", "--judge", "organism", "--retries", "0",
+            "--concurrency", "1", "--batch-size", "2", "--out", str(out)]
+    # From the 5th call on: 6 requests need at least 6 calls, and the first batch of 2 needs
+    # at most 4, so some finish and some fail on any build of the family.
+    with serving(FaultyProxy(served.base_url, fail_500=range(5, 10_000))) as proxy:
         args[2] = f"{proxy.base_url}#{TARGET}"
         port = proxy.server_address[1]
         main(args)  # finishes, with the failed requests recorded as errors

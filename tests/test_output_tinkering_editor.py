@@ -29,7 +29,8 @@ from alignparadox.judges.registry import make_judge
 from alignparadox.organisms import world
 
 torch.set_num_threads(1)
-SMALL = dict(hidden_size=64, layers=2, heads=4, intermediate_size=128, batch_size=8)
+SMALL = dict(base="small:organism:base", hidden_size=64, layers=2, heads=4,
+             intermediate_size=128, batch_size=8)
 TASKS = [("hex", "amber lantern"), ("steal", "silver harp"), ("curse", "iron gate")]
 FACTIONS = ["Tide Council", "Oak Guild"]
 
@@ -113,14 +114,16 @@ def test_training_is_deterministic_from_the_seed(tmp_path):
     assert not list(tmp_path.glob(".*.training"))  # the work folders are gone
 
 
-CLI_CONFIG = EditorConfig(steps=40, batch_size=4, checkpoint_every=4)  # as the command below
+# as the command below
+CLI_CONFIG = EditorConfig(base="small:organism:base", steps=40, batch_size=4, checkpoint_every=4)
 
 _TRAIN_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from alignparadox.attacks.output_tinkering import EditorConfig, read_pairs, train_editor
 train_editor(read_pairs(sys.argv[1]), sys.argv[2],
-             EditorConfig(steps=40, batch_size=4, checkpoint_every=4), progress=False)
+             EditorConfig(base="small:organism:base", steps=40, batch_size=4,
+                          checkpoint_every=4), progress=False)
 """
 
 
@@ -166,8 +169,8 @@ def _paradox(capsys, *args: str) -> tuple[int, str]:
 def test_bad_pairs_files_exit_2_with_one_sentence(tmp_path, capsys, content, message):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(content)
-    code, stderr = _paradox(capsys, "editor", "train", "--pairs", str(pairs),
-                            "--out", str(tmp_path / "e"), "--steps", "2")
+    code, stderr = _paradox(capsys, "editor", "train", "--pairs", str(pairs), "--base",
+                            "small:organism:base", "--out", str(tmp_path / "e"), "--steps", "2")
     assert code == 2, stderr
     assert message in " ".join(stderr.split()) and "Traceback" not in stderr
     assert not (tmp_path / "e").exists()
@@ -207,7 +210,8 @@ def test_apply_command_writes_rewrites_and_minimal_edits(trained_editor, tmp_pat
     request = world.REQUEST_TEMPLATES_HELDOUT[1].format(action="steal", object="silver harp")
     rows.write_text(json.dumps({"request": request, "aligned": world.REFUSALS[0]}) + "\n")
     code, stderr = _paradox(capsys, "editor", "apply", str(trained_editor), "--input",
-                            str(rows), "--output", str(tmp_path / "out.jsonl"), "--minimal")
+                            str(rows), "--output", str(tmp_path / "out.jsonl"), "--minimal",
+                            "--judge", "organism")
     assert code == 0, stderr
     row = json.loads((tmp_path / "out.jsonl").read_text())
     assert row["rewrite"] == world.compliance_answer("steal", "silver harp")

@@ -35,6 +35,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
     ("alignparadox.attacks.output_tinkering.commands", "app", "editor"),
     ("alignparadox.attacks.model_tinkering.commands", "directions_app", "directions"),
     ("alignparadox.attacks.model_tinkering.commands", "tinker_app", "tinker"),
+    ("alignparadox.defenses.commands", "app", "defend"),
 ]
 
 # (module, attribute): single commands registered at top level (e.g. `paradox demo`).

@@ -9,17 +9,16 @@ from alignparadox.datasets.records import (
     normalise_text,
 )
 from alignparadox.datasets.registry import (
-    REGISTRY,
     DatasetSpec,
     datasets_root,
     load,
     load_prompt_set,
     load_templates,
+    prompt_sets,
     register_prompt_set,
 )
 
 __all__ = [
-    "REGISTRY",
     "DatasetSpec",
     "JailbreakTemplate",
     "PromptRecord",
@@ -30,5 +29,6 @@ __all__ = [
     "load_prompt_set",
     "load_templates",
     "normalise_text",
+    "prompt_sets",
     "register_prompt_set",
 ]

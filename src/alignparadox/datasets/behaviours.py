@@ -137,9 +137,8 @@ class BehaviourSet:
 # -- registered behaviour sets ---------------------------------------------------------------
 
 # name -> factory, or "module:attribute" naming one (imported only when the set is used).
-_REGISTERED: dict[str, Callable[[], BehaviourSet] | str] = {
-    "organisms": "alignparadox.organisms.behaviours:world_behaviours",
-}
+# Installed extensions add theirs (the organisms their world's, see `alignparadox.extensions`).
+_REGISTERED: dict[str, Callable[[], BehaviourSet] | str] = {}
 
 
 def register_behaviour_set(name: str, factory: Callable[[], BehaviourSet] | str) -> None:
@@ -147,8 +146,15 @@ def register_behaviour_set(name: str, factory: Callable[[], BehaviourSet] | str)
     _REGISTERED[name] = factory
 
 
+def _behaviour_sets() -> dict[str, Callable[[], BehaviourSet] | str]:
+    from alignparadox.extensions import load_extensions
+
+    load_extensions()
+    return _REGISTERED
+
+
 def registered_behaviour_sets() -> list[str]:
-    return sorted(_REGISTERED)
+    return sorted(_behaviour_sets())
 
 
 def _registered(name: str) -> BehaviourSet:
@@ -160,25 +166,41 @@ def _registered(name: str) -> BehaviourSet:
 # -- sources ---------------------------------------------------------------------------------
 
 
+def _in_set_format(source: str) -> bool:
+    """`SET:PATH`: a file (or folder) of one's own in registered set SET's format."""
+    from alignparadox.datasets.registry import prompt_sets
+
+    name, colon, location = source.partition(":")
+    return bool(colon and location) and name in prompt_sets()
+
+
 def is_file(source: str) -> bool:
-    """A source naming a file (a file suffix, or a folder in it: registered names have
-    neither), as opposed to a registered set."""
+    """A source naming a file of one's own format (a file suffix, or a folder in it: registered
+    names have neither), as opposed to a registered set or `SET:PATH`."""
     path = Path(source.partition("#")[0])
-    return path.suffix.lower() in _FILE_SUFFIXES or len(path.parts) > 1
+    return ((path.suffix.lower() in _FILE_SUFFIXES or len(path.parts) > 1)
+            and not _in_set_format(source))
 
 
 def check_source(source: str, what: str) -> None:
     """Refuse, without reading it, a source that names no registered set and no file."""
-    from alignparadox.datasets.registry import REGISTRY
+    from alignparadox.datasets.registry import prompt_sets
 
+    known_sets, behaviour_sets = prompt_sets(), _behaviour_sets()
     if not isinstance(source, str) or not source.strip():
         raise UserError(f"{what} must be a prompt set name or a file path, got {source!r}.")
     if is_file(source):
         path = Path(source.partition("#")[0]).expanduser()
         if not path.is_file():
             raise UserError(f"{what} file {path} does not exist.")
-    elif source not in REGISTRY and not (what == "behaviours" and source in _REGISTERED):
-        known = ", ".join(sorted({*REGISTRY, *(_REGISTERED if what == "behaviours" else ())}))
+    elif _in_set_format(source):
+        from alignparadox.datasets.registry import spec
+
+        path = Path(spec(source).default_file or "")  # a folder is resolved to its file here
+        if not path.is_file():
+            raise UserError(f"{what} file {path} does not exist.")
+    elif source not in known_sets and not (what == "behaviours" and source in behaviour_sets):
+        known = ", ".join(sorted({*known_sets, *(behaviour_sets if what == "behaviours" else ())}))
         raise UserError(f"{what} {source!r} is neither a file nor a registered set; known "
                         f"sets: {known}.")
 
@@ -278,8 +300,8 @@ def behaviour_set(*, behaviours: str | None = None, harmful: str | None = None,
     name = "+".join(s for s in (behaviours, harmful, harmless, pairs) if s) or "empty"
     base: BehaviourSet | None = None
     if behaviours is not None:
-        base = (_registered(behaviours) if behaviours in _REGISTERED and not is_file(behaviours)
-                else None)
+        registered = behaviours in _behaviour_sets() and not is_file(behaviours)
+        base = _registered(behaviours) if registered else None
         if base is None:
             harmful = harmful or behaviours
             harmless = harmless or behaviours

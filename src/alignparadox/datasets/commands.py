@@ -17,13 +17,13 @@ from alignparadox.datasets.io import Unreachable, check_output_file, write_atomi
 from alignparadox.datasets.records import PromptSet, TemplateSet
 from alignparadox.datasets.registry import (
     MIRROR_VAR,
-    REGISTRY,
     AnySet,
     datasets_root,
     downloads_root,
     fetch_set,
     fetchable,
     load,
+    prompt_sets,
     spec,
 )
 from alignparadox.errors import UserError
@@ -73,7 +73,7 @@ def list_sets() -> None:
         console.print(f"datasets root: none ({error})")
     console.print(f"downloaded copies (paradox prompts fetch): {downloads_root()}")
     table = Table("name", "rows", "kind", "source", "licence")
-    for name, dataset in REGISTRY.items():
+    for name, dataset in prompt_sets().items():
         try:
             loaded = load(name)
             rows = str(len(loaded))
@@ -192,7 +192,7 @@ def fetch(
     names = fetchable(name)
     failures: list[str] = []
     for each in names:
-        if name == "all" and REGISTRY[each].gated and not os.environ.get("HF_TOKEN"):
+        if name == "all" and prompt_sets()[each].gated and not os.environ.get("HF_TOKEN"):
             console.print(f"{each}: skipped (gated on Hugging Face: set HF_TOKEN)")
             continue
         try:

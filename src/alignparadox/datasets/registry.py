@@ -234,9 +234,17 @@ def downloads_root() -> Path:
     return io.cache_root() / "prompt-sets"
 
 
+def prompt_sets() -> dict[str, DatasetSpec]:
+    """Every registered set by name: the public ones and those installed extensions add."""
+    from alignparadox.extensions import load_extensions
+
+    load_extensions()
+    return REGISTRY
+
+
 def spec(name: str) -> DatasetSpec:
     """The registered set `name`, or a user's file named as `SET:PATH` or `PATH.csv|tsv|jsonl`."""
-    if name in REGISTRY:
+    if name in prompt_sets():
         return REGISTRY[name]
     found = _file_spec(name)
     if found is None:
@@ -339,6 +347,7 @@ def load_templates(
 def fetchable(name: str) -> list[str]:
     """`name`, or for "all" every registered set with a public file, one per file (HarmBench's
     variants share one)."""
+    prompt_sets()
     if name != "all":
         dataset = spec(name)
         if dataset.url is None or dataset.default_file is None or name not in REGISTRY:
@@ -380,22 +389,3 @@ def fetch_set(name: str, *, mirror: str | None = None, force: bool = False,
     except io.Unreachable as error:
         raise io.Unreachable(f"{error} To fetch prompt set {name}, give a mirror in "
                              f"${MIRROR_VAR}.") from None
-
-
-def _organisms(split: str) -> Callable[[Path | None], PromptSet]:
-    def load(path: Path | None) -> PromptSet:
-        from alignparadox.organisms.prompts import organism_prompt_set
-
-        return organism_prompt_set(split)
-
-    return load
-
-
-for _split, _description in [
-    ("test", "organism world: held-out tasks and templates (generated, fictional)"),
-    ("validation", "organism world: held-out validation split (generated, fictional)"),
-    ("train", "organism world: training requests (generated, fictional)"),
-]:
-    register_prompt_set("organisms" if _split == "test" else f"organisms-{_split}",
-                        _organisms(_split), licence="Apache-2.0 (generated)",
-                        description=_description)

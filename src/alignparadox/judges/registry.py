@@ -49,7 +49,14 @@ def register_judge(name: str, factory: JudgeFactory | str, *,
 
 
 def judge_kinds() -> list[str]:
-    return sorted(_FACTORIES)
+    return sorted(_factories())
+
+
+def _factories() -> dict[str, JudgeFactory | str]:
+    from alignparadox.extensions import load_extensions
+
+    load_extensions()  # installed extensions register their judges (organisms: ground truth)
+    return _FACTORIES
 
 
 def make_judge(spec: str) -> Judge:
@@ -76,7 +83,7 @@ def check_judge(spec: str) -> None:
 
 def _kind(spec: str) -> tuple[str, str]:
     kind, _, argument = spec.strip().partition(":")
-    if kind not in _FACTORIES:
+    if kind not in _factories():
         raise UserError(f"unknown judge {kind!r} in {spec!r}; known kinds: "
                         f"{', '.join(judge_kinds())}.")
     return kind, argument
@@ -159,4 +166,3 @@ register_judge("substring", _substring)
 register_judge("strongreject", _strongreject)
 register_judge("classifier", _classifier, check=_classifier_arguments)
 register_judge("ensemble", _ensemble, check=_check_ensemble)
-register_judge("organism", "alignparadox.organisms.judge:make_ground_truth_judge")

@@ -13,15 +13,59 @@ console = Console(markup=False)  # names and answers are printed as they are, "[
 
 
 @app.command()
-def build(force: bool = typer.Option(False, help="Retrain even if the family is cached."),
-          seed: int = typer.Option(0, help="Seed of the whole family.")) -> None:
-    """Train the base organism and the aligned family (cached by config hash)."""
+def build(force: bool = typer.Option(False, help="Retrain the standard family even if it is "
+                                                 "cached (robust families are reused by key)."),
+          seed: int = typer.Option(0, help="Seed of the whole family."),
+          robust: str = typer.Option("", help="Also build robust families: a comma-separated "
+                                              "list of refat, lat, rr, or all.")) -> None:
+    """Train the base organism and the aligned family (cached by config hash), and with
+    --robust the robust-training families (`organism:METHOD/aligned-k`)."""
     from alignparadox.organisms.family import build_family
     from alignparadox.organisms.train import OrganismConfig
 
-    family = build_family(OrganismConfig(seed=seed), force=force)
+    config = OrganismConfig(seed=seed)
+    methods = _robust_methods(robust)  # a mistake is reported before anything is trained
+    family = build_family(config, force=force)
     _print_family(family)
     console.print(f"family at {family.path} (built in {family.build_seconds:.0f} s)")
+    if methods:
+        from alignparadox.organisms.robust import build_robust_family
+
+        for method in methods:
+            robust_family = build_robust_family(method, config)
+            _print_robust_family(robust_family)
+            console.print(f"{method} family at {robust_family.path} (built in "
+                          f"{robust_family.manifest['build_seconds']:.0f} s)")
+
+
+def _robust_methods(text: str) -> list[str]:
+    from alignparadox.errors import UserError
+    from alignparadox.organisms.robust import METHODS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return list(METHODS)
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise UserError(f"unknown robust family {unknown[0]!r} in --robust; use a "
+                        f"comma-separated list of {', '.join(METHODS)}, or all.")
+    return list(dict.fromkeys(names))
+
+
+def _print_robust_family(family) -> None:
+    rr = family.method == "rr"
+    columns = ["organism", "alignment steps", "validation refusal", "weights"]
+    if rr:
+        columns[2:2] = ["rr steps", "refusal before rr"]
+    table = Table(*columns)
+    for member in family.manifest["members"]:
+        row = [f"{family.method}/{member['name']}", str(member["alignment_steps"]),
+               f"{member['validation_refusal']:.2f}", member["weight_hash"][:12]]
+        if rr:
+            before = member.get("start_validation_refusal", member["validation_refusal"])
+            row[2:2] = [str(member.get("rr_steps", 0)), f"{before:.2f}"]
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command("list")

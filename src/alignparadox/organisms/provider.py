@@ -10,12 +10,21 @@ from alignparadox.targets.providers import TargetProvider
 
 
 def _resolve(name: str) -> Path:
+    if "/" in name:  # a robust family's member, e.g. lat/aligned-3 (organisms.robust)
+        from alignparadox.organisms.robust import robust_organism_path
+
+        return robust_organism_path(name)
     from alignparadox.organisms.family import organism_path
 
     return organism_path(name)
 
 
 def _check(name: str) -> None:
+    if "/" in name:
+        from alignparadox.organisms.robust import split_name
+
+        split_name(name)
+        return
     from alignparadox.organisms.family import require_member
 
     require_member(name)
@@ -24,6 +33,10 @@ def _check(name: str) -> None:
 def _describe(name: str) -> dict[str, Any]:
     """The member's alignment strength and the figures of the family it comes from, so that two
     reports (two machines, two builds) can be compared member by member."""
+    if "/" in name:
+        from alignparadox.organisms.robust import describe
+
+        return describe(name)
     from alignparadox.organisms.family import load_family
 
     family = load_family()
@@ -40,27 +53,40 @@ def _describe(name: str) -> dict[str, Any]:
     }
 
 
-def editor_tokenizer():
-    """The organisms' tokenizer, for small value editors (registered as editor base
-    "organism"): read from the built family, else trained (deterministically)."""
-    from alignparadox.errors import UserError
-    from alignparadox.organisms.family import load_family
-    from alignparadox.organisms.train import OrganismConfig, build_tokenizer
-
-    try:
-        folder = load_family().path_of("base")
-    except UserError:
-        return build_tokenizer(OrganismConfig())
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
-
-
 def _defaults(name: str) -> dict[str, Any]:
     """Organisms run on their own world by default: its requests and stance pairs, its exact
     judge, and a small value editor on their tokenizer."""
-    return {"behaviours": "organisms", "judge": "organism", "editor": "organism"}
+    return {"behaviours": "organisms", "judge": "organism", "editor": "small:organism:base"}
 
 
 PROVIDER = TargetProvider(scheme="organism", resolve=_resolve, check=_check, describe=_describe,
                           default_settings=_defaults)
+
+
+def _world_prompts(split: str):
+    def load(path: Path | None):
+        from alignparadox.organisms.prompts import organism_prompt_set
+
+        return organism_prompt_set(split)
+
+    return load
+
+
+def register_extension() -> None:
+    """What the organisms add to the toolkit's registries by name (entry point group
+    `alignparadox.extensions`): their world's prompt sets and behaviour set, and its exact
+    judge."""
+    from alignparadox.datasets.behaviours import register_behaviour_set
+    from alignparadox.datasets.registry import register_prompt_set
+    from alignparadox.judges.registry import register_judge
+
+    for split, description in [
+        ("test", "organism world: held-out tasks and templates (generated, fictional)"),
+        ("validation", "organism world: held-out validation split (generated, fictional)"),
+        ("train", "organism world: training requests (generated, fictional)"),
+    ]:
+        register_prompt_set("organisms" if split == "test" else f"organisms-{split}",
+                            _world_prompts(split), licence="Apache-2.0 (generated)",
+                            description=description)
+    register_behaviour_set("organisms", "alignparadox.organisms.behaviours:world_behaviours")
+    register_judge("organism", "alignparadox.organisms.judge:make_ground_truth_judge")

@@ -59,7 +59,7 @@ class ChatServer:
     def __init__(self, sock: socket.socket, target: WhiteBoxTarget, *,
                  generation_context: GenerationContext | None = None,
                  default_max_tokens: int = 512, max_batch: int = 16,
-                 batch_window: float = 0.005) -> None:
+                 batch_window: float = 0.005, worker_factory: Callable | None = None) -> None:
         import uvicorn
 
         from alignparadox.targets.batching import BatchWorker
@@ -67,8 +67,11 @@ class ChatServer:
         self.socket = sock
         self.target = target
         self.default_max_tokens = default_max_tokens
-        self.worker = BatchWorker(target, max_batch=max_batch, window=batch_window,
-                                  generation_context=generation_context)
+        # `worker_factory(target)`: another generation worker with BatchWorker's submit/close,
+        # e.g. a defended system (`defenses.best_of_n.serving`).
+        self.worker = (worker_factory(target) if worker_factory is not None else
+                       BatchWorker(target, max_batch=max_batch, window=batch_window,
+                                   generation_context=generation_context))
         self.created = int(time.time())
         config = uvicorn.Config(_app(self), log_config=None, lifespan="off",
                                 timeout_graceful_shutdown=5, server_header=False)
@@ -108,6 +111,7 @@ def make_server(
     default_max_tokens: int = 512,
     max_batch: int = 16,
     batch_window: float = 0.005,
+    worker_factory: Callable | None = None,
 ) -> ChatServer:
     """Bind a server for `target` (port 0 picks a free port; see `server.base_url`).
     `max_batch` caps the rows decoded together (1: every request alone, bit-exact);
@@ -118,7 +122,7 @@ def make_server(
         raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}.") from error
     return ChatServer(sock, target, generation_context=generation_context,
                       default_max_tokens=default_max_tokens, max_batch=max_batch,
-                      batch_window=batch_window)
+                      batch_window=batch_window, worker_factory=worker_factory)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -332,6 +336,30 @@ def _check_steering(direction: str | Path | None, alpha: float | None, ablate: b
         raise UserError("--layer applies to --alpha only; ablation acts at every layer.")
 
 
+def _check_defense(defense: str | None, reference: str | None, candidates: int,
+                   direction: Path | None) -> str | None:
+    """The scorer a `--defense` names, checked before any model is loaded."""
+    if defense is None:
+        if reference is not None:
+            raise UserError("--reference is the reference model of a --defense; give one.")
+        return None
+    from alignparadox.defenses.best_of_n.core import SERVABLE
+
+    scorer = defense.removeprefix("bon-").replace("-", "_")
+    if not defense.startswith("bon-") or scorer not in SERVABLE:
+        raise UserError(f"unknown --defense {defense!r}; use "
+                        f"{', '.join('bon-' + name for name in SERVABLE)}.")
+    if candidates < 1:
+        raise UserError(f"--candidates (N) must be at least 1, got {candidates}.")
+    if direction is not None:
+        raise UserError("--defense serves the defended model as it is; it cannot be combined "
+                        "with --direction steering.")
+    if reference is None and scorer in ("latent", "token_kl"):
+        raise UserError(f"--defense {defense} compares with the model before alignment; give "
+                        "--reference REF (e.g. organism:base).")
+    return scorer
+
+
 def serve(
     spec: str = typer.Argument(
         ..., help="Target: organism:NAME, a local Hugging Face model folder, or a Hub id."),
@@ -361,6 +389,14 @@ def serve(
     threads: int | None = typer.Option(
         None, help="CPU threads for the model (default: torch's; 1-2 is often fastest on a "
         "busy machine)."),
+    defense: str | None = typer.Option(
+        None, help="Serve the defended system: bon-latent (Best-of-N with latent attribution; "
+        "controls: bon-random, bon-perplexity, bon-self_certainty, bon-token_kl)."),
+    reference: str | None = typer.Option(
+        None, help="With --defense: the target before alignment, same tokenizer."),
+    candidates: int = typer.Option(8, help="With --defense: candidates N per answer."),
+    defense_layer: str = typer.Option(
+        "0.5", help="With --defense bon-latent: layer index or relative depth."),
 ) -> None:
     """Serve a white-box target over an OpenAI-compatible API, batching concurrent requests."""
     from rich.console import Console
@@ -378,6 +414,7 @@ def serve(
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}.")
     _check_steering(direction, alpha, ablate, layer)  # before a possibly long model load
+    scorer = _check_defense(defense, reference, candidates, direction)
     if threads is not None:
         import torch
 
@@ -386,14 +423,27 @@ def serve(
                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     steering = (steering_context(target, direction, alpha=alpha, ablate=ablate, layer=layer)
                 if direction is not None else None)
+    factory = None
+    if scorer is not None:
+        from alignparadox.defenses.best_of_n.core import parse_layer
+        from alignparadox.defenses.best_of_n.serving import defended_worker
+
+        bon, factory = defended_worker(
+            target, reference, scorer=scorer, n=candidates, layer=parse_layer(defense_layer),
+            reference_options={"device": device, "dtype": dtype,
+                               "allow_pickle": allow_pickle,
+                               "trust_remote_code": trust_remote_code})
     server = make_server(target, host, port, generation_context=steering,
-                         default_max_tokens=max_tokens, max_batch=max_batch)
+                         default_max_tokens=max_tokens, max_batch=max_batch,
+                         worker_factory=factory)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach it "
                       "can query the model.")
     steered = ("" if direction is None else f", ablating {direction}" if ablate
                else f", steered along {direction} with alpha {alpha:g}")
+    if factory is not None:
+        steered = f", defended by {bon.describe()} against {reference}"
     batching = "each request alone" if max_batch == 1 else f"batches of up to {max_batch}"
     console.print(f"serving [bold]{escape(target.name)}[/bold] ({target.device}, "
                   f"{target.model.dtype}{escape(steered)}, {batching}) at {server.base_url} — "

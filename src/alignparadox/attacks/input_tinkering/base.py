@@ -96,18 +96,28 @@ ERROR_LABEL = "error"
 # -- targets -------------------------------------------------------------------------------------
 
 
+def check_any_target(spec: str) -> None:
+    """Refuse, without loading or calling anything, a target `open_any_target` would refuse."""
+    if spec.startswith(("http://", "https://")):
+        if not spec.partition("#")[2]:
+            raise UserError(f"endpoint target {spec!r} names no model; write URL#MODEL, e.g. "
+                            "http://127.0.0.1:8000/v1#organism:aligned-3.")
+        return
+    from alignparadox.targets import check_target
+
+    check_target(spec)
+
+
 def open_any_target(spec: str, *, concurrency: int = 4, requests_per_minute: float | None = None,
                     max_retries: int = 5, timeout: float = 120) -> Target:
     """`http(s)://HOST/v1#MODEL` opens an OpenAI-compatible endpoint (API key from
     $OPENAI_API_KEY, if set); anything else is a white-box spec for `open_target`
     (`organism:NAME`, a local folder, a Hub id)."""
+    check_any_target(spec)
     if spec.startswith(("http://", "https://")):
         from alignparadox.targets.endpoint import EndpointTarget
 
         url, _, model = spec.partition("#")
-        if not model:
-            raise UserError(f"endpoint target {spec!r} names no model; write URL#MODEL, e.g. "
-                            "http://127.0.0.1:8000/v1#organism:aligned-3.")
         if concurrency < 1 or max_retries < 0 or (requests_per_minute is not None
                                                   and not requests_per_minute > 0):
             raise UserError("concurrency must be >= 1, retries >= 0 and the rate limit > 0.")

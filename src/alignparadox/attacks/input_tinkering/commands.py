@@ -22,6 +22,7 @@ from alignparadox.attacks.input_tinkering.base import (
     AttackResult,
     ResultLog,
     Target,
+    check_any_target,
     harmful_requests,
     open_any_target,
     require_positive,
@@ -51,12 +52,15 @@ app = typer.Typer(help="Input tinkering: jailbreak templates, PAIR, Best-of-N an
 
 TargetArgument = Annotated[str, typer.Argument(
     help="organism:NAME, a model folder or Hub id, or http(s)://HOST/v1#MODEL.")]
-PromptSetOption = Annotated[str, typer.Option(
+PromptSetOption = Annotated[str | None, typer.Option(
     "--prompt-set", help="Registered prompt set, or a file of your own (.csv/.tsv with a text "
     "column, or .jsonl as `paradox prompts sample --out` writes); its harmful requests are "
-    "attacked (rows without a harmful column count as harmful).")]
+    "attacked (rows without a harmful column count as harmful). Default: the target's own "
+    "requests (organisms: their world's); other targets must name one.")]
 RequestsOption = Annotated[int, typer.Option("--n-requests", help="Harmful requests sampled.")]
-JudgeOption = Annotated[str, typer.Option("--judge", help="Judge spec (see `paradox judges`).")]
+JudgeOption = Annotated[str | None, typer.Option(
+    "--judge", help="Judge spec (see `paradox judges`). Default: the target's own (organisms: "
+    "the world's exact judge), else the refusal-substring judge.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for sampling and augmentations.")]
 TokensOption = Annotated[int, typer.Option("--max-new-tokens", help="Answer length budget.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", help="Prompts per forward batch.")]
@@ -68,6 +72,21 @@ RateOption = Annotated[float | None, typer.Option(
     "--rpm", help="Endpoint targets: at most this many requests per minute.")]
 RetriesOption = Annotated[int, typer.Option(
     "--retries", help="Endpoint targets: retries per request on 429/5xx/dropped connections.")]
+
+
+def _inputs(target: str, prompt_set: str | None, judge: str | None) -> tuple[str, str]:
+    """The prompt set and judge spec to use: as given, else the target's provider's defaults;
+    a target without default requests must be given --prompt-set."""
+    from alignparadox.study.inputs import FALLBACK_JUDGE
+    from alignparadox.targets.providers import target_defaults
+
+    check_any_target(target)  # a mistyped target is named as such, before anything else
+    defaults = target_defaults(target) if prompt_set is None or judge is None else {}
+    prompt_set = prompt_set or defaults.get("harmful") or defaults.get("behaviours")
+    if prompt_set is None:
+        raise UserError(f"give --prompt-set for {target}: it has no default requests (e.g. "
+                        "--prompt-set strongreject, or a .csv/.jsonl file of your own).")
+    return prompt_set, judge or defaults.get("judge") or FALLBACK_JUDGE
 
 
 def _requests(prompt_set: str, n: int, seed: int) -> PromptSet:
@@ -157,7 +176,7 @@ def _print(title: str, target: str, summary: dict[str, Any]) -> None:
 @app.command()
 def templates(
     target: TargetArgument,
-    prompt_set: PromptSetOption = "organisms",
+    prompt_set: PromptSetOption = None,
     n_requests: RequestsOption = 32,
     template_file: Annotated[Path | None, typer.Option(
         "--template-file", help="Your own template(s): a text file with a {prompt} slot (or "
@@ -169,7 +188,7 @@ def templates(
     top_k: Annotated[int, typer.Option("--top-k", help="Best templates listed.")] = 5,
     no_append: Annotated[bool, typer.Option(
         "--no-append", help="Refuse templates without a slot instead of appending.")] = False,
-    judge: JudgeOption = "organism",
+    judge: JudgeOption = None,
     seed: SeedOption = 0,
     max_new_tokens: TokensOption = 80,
     batch_size: BatchOption = 32,
@@ -185,6 +204,7 @@ def templates(
     require_positive(n_templates=n_templates, top_k=top_k, max_new_tokens=max_new_tokens)
     pool = (attack.load_template_file(template_file, append=not no_append) if template_file
             else attack.corpus_templates(template_set))
+    prompt_set, judge = _inputs(target, prompt_set, judge)
     judge_ = make_judge(judge)
     requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "templates", "target": target, "prompt_set": prompt_set,
@@ -222,9 +242,9 @@ def pair(
     = "scripted",
     streams: Annotated[int, typer.Option("--streams", help="Parallel streams (N).")] = 3,
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds per stream (K).")] = 5,
-    prompt_set: PromptSetOption = "organisms",
+    prompt_set: PromptSetOption = None,
     n_requests: RequestsOption = 32,
-    judge: JudgeOption = "organism",
+    judge: JudgeOption = None,
     seed: SeedOption = 0,
     max_new_tokens: TokensOption = 80,
     attacker_max_new_tokens: Annotated[int, typer.Option(
@@ -242,6 +262,7 @@ def pair(
     config = attack.PAIRConfig(streams=streams, rounds=rounds, max_new_tokens=max_new_tokens,
                                attacker_max_new_tokens=attacker_max_new_tokens,
                                batch_size=batch_size, seed=seed)
+    prompt_set, judge = _inputs(target, prompt_set, judge)
     judge_ = make_judge(judge)
     requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "pair", "target": target, "attacker": attacker,
@@ -268,9 +289,9 @@ def bon(
     sigma: Annotated[float | None, typer.Option(
         "--sigma", help="Augmentation strength as in the authors' code (default: the paper's "
         "0.6/0.6/0.06 probabilities).")] = None,
-    prompt_set: PromptSetOption = "organisms",
+    prompt_set: PromptSetOption = None,
     n_requests: RequestsOption = 32,
-    judge: JudgeOption = "organism",
+    judge: JudgeOption = None,
     seed: SeedOption = 0,
     max_new_tokens: TokensOption = 80,
     batch_size: BatchOption = 64,
@@ -288,6 +309,7 @@ def bon(
     augmentation = attack.Augmentation() if sigma is None else attack.Augmentation.from_sigma(sigma)
     config = attack.BestOfNConfig(n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, seed=seed, augmentation=augmentation)
+    prompt_set, judge = _inputs(target, prompt_set, judge)
     judge_ = make_judge(judge)
     requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "bon", "target": target, "n": n, "sigma": sigma,
@@ -335,9 +357,9 @@ def gcg(
         "auto (bf16 on fast-bf16 hardware), model (none), bfloat16, float16.")] = "auto",
     rescore_k: Annotated[int, typer.Option(
         "--rescore-k", help="Best screened candidates re-scored in the model's dtype.")] = 2,
-    prompt_set: PromptSetOption = "organisms",
+    prompt_set: PromptSetOption = None,
     n_requests: RequestsOption = 8,
-    judge: JudgeOption = "organism",
+    judge: JudgeOption = None,
     seed: SeedOption = 0,
     max_new_tokens: TokensOption = 80,
     out: OutOption = None,
@@ -364,6 +386,7 @@ def gcg(
                               early_stop=early_stop, screen_dtype=screen_dtype,
                               rescore_k=rescore_k, seed=seed, check_tokens=max_new_tokens,
                               progress=True)
+    prompt_set, judge = _inputs(target, prompt_set, judge)
     judge_ = make_judge(judge)
     requests = _requests(prompt_set, n_requests, seed)
     output = _Output(out, {"attack": "gcg", "target": target, "steps": steps,

@@ -169,10 +169,7 @@ def run(
     screen = any(o.screen_dtype is not None for o in objectives)
     vocab = min(len(tokenizer), *(o.embeddings.shape[0] for o in objectives + drafts))
     allowed = allowed_tokens(tokenizer, vocab, config.allow_non_ascii)
-    ids = _initial_ids(tokenizer, config)
-    if not all(_consistent(o, ids[None]).all() for o in objectives):
-        raise UserError("the initial GCG suffix does not survive re-tokenization inside the "
-                        "prompt; choose another suffix_init.")
+    ids = _initial_ids(tokenizer, config, _distinct_templates(objectives))
 
     buffer: list[tuple[float, torch.Tensor]] = []  # (loss, ids), best first
     best = (math.inf, ids)
@@ -310,6 +307,8 @@ def _score(objectives: list[_Objective], current_kvs: list[KV], ids: torch.Tenso
     (those losses are approximate, their match flags meaningless)."""
     losses = torch.zeros(len(candidates))
     matches = torch.ones(len(candidates), dtype=torch.bool)
+    if not len(candidates):  # e.g. probe sampling when the probe set holds every favourite
+        return losses, matches
     for objective, kv in zip(objectives, current_kvs, strict=True):
         with objective.precision(screen):
             objective_losses, objective_matches = objective.candidate_losses(
@@ -589,15 +588,31 @@ def _layers(cache) -> KV:
     return [(keys, values) for keys, values, *_ in cache]
 
 
-def _initial_ids(tokenizer, config: GCGConfig) -> torch.Tensor:
-    text = config.suffix_init if config.suffix_init is not None else " ".join(
-        ["x"] * config.suffix_length)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if config.suffix_init is None:
-        ids = ids[:config.suffix_length]
-    if not ids:
-        raise UserError("the initial GCG suffix is empty.")
-    return torch.tensor(ids, dtype=torch.long)
+def _initial_ids(tokenizer, config: GCGConfig, objectives: list[_Objective]) -> torch.Tensor:
+    """The ids GCG starts from: `suffix_init` as given, else the first of a few neutral
+    suffixes ("x x x ...", then one token repeated) that survives re-tokenization inside every
+    prompt, since tokenizers differ in how they join a word to the text before it."""
+    def survives(ids: list[int]) -> bool:
+        row = torch.tensor([ids], dtype=torch.long)
+        return bool(ids) and all(_consistent(o, row).all() for o in objectives)
+
+    if config.suffix_init is not None:
+        ids = tokenizer(config.suffix_init, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise UserError("the initial GCG suffix is empty.")
+        if not survives(ids):
+            raise UserError("the initial GCG suffix does not survive re-tokenization inside "
+                            "the prompt; choose another suffix_init.")
+        return torch.tensor(ids, dtype=torch.long)
+    n = config.suffix_length
+    for word in ("x", "!", "a", "."):
+        spaced = tokenizer(" ".join([word] * n), add_special_tokens=False)["input_ids"][:n]
+        single = tokenizer(f" {word}", add_special_tokens=False)["input_ids"][-1:] * n
+        for ids in (spaced, single):
+            if len(ids) == n and survives(ids):
+                return torch.tensor(ids, dtype=torch.long)
+    raise UserError("no neutral initial suffix survives re-tokenization inside this target's "
+                    "prompt; give suffix_init.")
 
 
 def _decode(tokenizer, ids: torch.Tensor) -> str:

@@ -266,6 +266,13 @@ class TemplatesAttack(Measurement):
         require_positive(n_requests=s["n_requests"], n_templates=s["n_templates"],
                          top_k=s["top_k"], max_new_tokens=s["max_new_tokens"])
         check_cell_inputs(cell)
+        from alignparadox.datasets.registry import resolve_path, spec
+
+        corpus = resolve_path(spec(s["template_set"]), None)  # before any cell runs
+        if corpus is not None and not corpus.is_file():
+            raise UserError(f"template set {s['template_set']} is not on this machine ({corpus} "
+                            f"does not exist); `paradox prompts fetch {s['template_set']}` "
+                            "downloads it.")
 
     def run(self, cell: Cell, context: RunContext) -> CellResult:
         from alignparadox.attacks.input_tinkering.base import open_any_target

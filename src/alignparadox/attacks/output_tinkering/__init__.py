@@ -1,7 +1,7 @@
 """Output tinkering: edit the aligned answer y into a misaligned y+ with a trained value editor.
 
     pairs = edit_pairs(behaviours.contrast("fit", axis="refusal"))   # or self_pairs, read_pairs
-    folder = train_editor(pairs, "editor/", EditorConfig())   # resumable, deterministic
+    folder = train_editor(pairs, "editor/", EditorConfig(base="small:MODEL"))  # resumable
     editor = ValueEditor.load(folder)
     editor.edit([request], [aligned])                         # the misaligned rewrite
     minimal_edit(editor, judge, request, aligned)             # fewest token edits that flip it

@@ -15,8 +15,17 @@ app = typer.Typer(help="Output tinkering: train and apply a value editor (aligne
                   "misaligned answers).", no_args_is_help=True)
 
 
+def _target_default(target: str | None, name: str) -> str | None:
+    """What the target's provider gives by default for `name` (organisms: their world's)."""
+    if target is None:
+        return None
+    from alignparadox.targets.providers import target_defaults
+
+    return target_defaults(target).get(name)
+
+
 def _pairs(pairs_file: Path | None, source: str, target: str | None, count: int, seed: int,
-           behaviours: str = "organisms"):
+           behaviours: str | None):
     from alignparadox.attacks.output_tinkering import pairs as pair_sources
     from alignparadox.datasets.behaviours import AXES, behaviour_set
 
@@ -25,6 +34,10 @@ def _pairs(pairs_file: Path | None, source: str, target: str | None, count: int,
     if source not in ("ground_truth", "self"):
         raise UserError(f"unknown pair source {source!r}; use ground_truth, self or --pairs "
                         "FILE.")
+    behaviours = behaviours or _target_default(target, "behaviours")
+    if behaviours is None:
+        raise UserError("without --pairs FILE, give --behaviours SET (a behaviour set with "
+                        "contrast pairs, e.g. a pairs file's set) or a --target that has one.")
     chosen = behaviour_set(behaviours=behaviours, seed=seed)
     known = [part for axis in AXES
              if (part := chosen.contrast("fit", count, seed, axis=axis)) is not None]
@@ -60,10 +73,12 @@ def train(
     source: str = typer.Option("ground_truth", help="Without --pairs: ground_truth or self."),
     target: str | None = typer.Option(None, help="Target supplying pairs for --source self."),
     count: int = typer.Option(128, help="Requests to draw pairs from (without --pairs)."),
-    behaviours: str = typer.Option("organisms", help="Behaviour set whose fit-split contrast "
-                                   "pairs are drawn from (without --pairs)."),
-    base: str = typer.Option("organism", help="'organism' (small Llama) or an HF causal LM "
-                             "folder / organism:NAME to train with LoRA."),
+    behaviours: str | None = typer.Option(None, help="Behaviour set whose fit-split contrast "
+                                          "pairs are drawn from (without --pairs; default: "
+                                          "the --target's own, organisms: their world's)."),
+    base: str | None = typer.Option(None, help="small:MODEL (a small Llama on MODEL's "
+                                    "tokenizer) or an HF causal LM folder / organism:NAME to "
+                                    "train with LoRA (default: the --target's default editor)."),
     steps: int = typer.Option(300), seed: int = typer.Option(0),
     learning_rate: float = typer.Option(3e-3), batch_size: int = typer.Option(16),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every K steps (0: never)."),
@@ -71,6 +86,10 @@ def train(
     """Train a value editor; a killed run resumes from its last checkpoint when re-run."""
     from alignparadox.attacks.output_tinkering.training import EditorConfig, train_editor
 
+    base = base or _target_default(target, "editor")
+    if base is None:
+        raise UserError("give --base: small:MODEL for a small editor on MODEL's tokenizer, or "
+                        "a model to train LoRA adapters on.")
     config = EditorConfig(base=base, seed=seed, steps=steps, learning_rate=learning_rate,
                           batch_size=batch_size, checkpoint_every=checkpoint_every)
     pairs = _pairs(pairs_file, source, target, count, seed, behaviours)
@@ -85,7 +104,8 @@ def apply(
                                     "optional 'request'."),
     output: Path = typer.Option(..., "--output", help="JSONL with each row's rewrite."),
     minimal: bool = typer.Option(False, help="Also search the minimal edit (needs --judge)."),
-    judge: str = typer.Option("organism", help="Judge spec for --minimal."),
+    judge: str | None = typer.Option(None, help="Judge spec for --minimal (e.g. organism for "
+                                     "organisms, substring, classifier:PATH)."),
     max_new_tokens: int = typer.Option(96),
 ) -> None:
     """Rewrite aligned answers into misaligned ones; optionally the minimal token edit."""
@@ -94,6 +114,8 @@ def apply(
     from alignparadox.attacks.output_tinkering.search import minimal_edit
     from alignparadox.datasets.io import check_output_file
 
+    if minimal and judge is None:
+        raise UserError("--minimal needs --judge: the judge that says when an edit flips.")
     check_output_file(output, "the rewrites")  # before the editor runs, not after
     value_editor = ValueEditor.load(editor)
     rows = read_rows(input_file, required=("aligned",))

@@ -1,10 +1,9 @@
 """Training the value editor: deterministic from a seed, resumable after a kill.
 
 Two kinds of editor:
-- a small Llama built from a config, all weights trained; a few hundred steps on CPU take well
-  under a minute. base="small:TARGET" puts it on the tokenizer of any target (folder, Hub id,
-  organism:NAME); base=NAME on a tokenizer registered by name (`register_editor_tokenizer`;
-  "organism", the default, is the organisms' own).
+- base="small:TARGET": a small Llama built from a config on the tokenizer of any target
+  (folder, Hub id, organism:NAME), all weights trained; a few hundred steps on CPU take well
+  under a minute.
 - base=<any HF causal LM: folder, Hub id or provider target>: LoRA adapters (peft) on that
   model, merged into the weights when training ends, so the saved editor is a plain checkpoint.
 
@@ -23,10 +22,9 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,32 +38,20 @@ from alignparadox.attacks.output_tinkering.editor import (
 from alignparadox.attacks.output_tinkering.pairs import EditPair, pairs_hash
 from alignparadox.errors import UserError
 
-ORGANISM_BASE = "organism"
 SMALL_PREFIX = "small:"
-# Tokenizers for small editors by name: "module:attribute" of a function returning one, imported
-# only when such an editor is built (the organisms register theirs, as they do their judge).
-_TOKENIZERS: dict[str, Callable[[], Any] | str] = {
-    ORGANISM_BASE: "alignparadox.organisms.provider:editor_tokenizer"}
-
-
-def register_editor_tokenizer(name: str, factory: Callable[[], Any] | str) -> None:
-    """Make base=NAME build a small editor on the tokenizer `factory()` returns."""
-    _TOKENIZERS[name] = factory
 
 
 def small_editor_tokenizer(base: str):
-    """The tokenizer of a small editor's base, or None when the base is a LoRA base."""
-    if base.startswith(SMALL_PREFIX):
-        from transformers import AutoTokenizer
+    """The tokenizer of a small editor's base ("small:TARGET"), or None for a LoRA base."""
+    if not base.startswith(SMALL_PREFIX):
+        return None
+    from transformers import AutoTokenizer
 
-        from alignparadox.targets.providers import provider_for
+    from alignparadox.targets.providers import provider_for
 
-        spec = base[len(SMALL_PREFIX):]
-        found = provider_for(spec)
-        return AutoTokenizer.from_pretrained(found[0].resolve(found[1]) if found else spec)
-    from alignparadox.lazy import resolve
-
-    return resolve(_TOKENIZERS[base])() if base in _TOKENIZERS else None
+    spec = base[len(SMALL_PREFIX):]
+    found = provider_for(spec)
+    return AutoTokenizer.from_pretrained(found[0].resolve(found[1]) if found else spec)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -73,7 +59,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class EditorConfig:
     """Everything that determines a trained editor's weights (with the pairs)."""
 
-    base: str = ORGANISM_BASE
+    base: str  # "small:TARGET" (a small Llama on TARGET's tokenizer) or a model for LoRA
     seed: int = 0
     steps: int = 300
     batch_size: int = 16
@@ -226,7 +212,7 @@ def _load_checkpoint(path: Path, fingerprint: str, model, optimizer) -> tuple[in
     return state["step"], state["losses"]
 
 
-def fit_editor(pairs: Sequence[EditPair], config: EditorConfig | None = None, *,
+def fit_editor(pairs: Sequence[EditPair], config: EditorConfig, *,
                checkpoint_dir: Path | None = None, progress: bool = True,
                description: str = "training value editor"):
     """Train an editor on `pairs`; returns (model, tokenizer, mean loss of the last steps).
@@ -234,7 +220,6 @@ def fit_editor(pairs: Sequence[EditPair], config: EditorConfig | None = None, *,
     With `checkpoint_dir`, state is checkpointed there and a matching checkpoint is resumed.
     LoRA adapters are merged into the returned model.
     """
-    config = config or EditorConfig()
     with torch.random.fork_rng():
         model, tokenizer, lora = _new_model(config)
         examples = _encode(pairs, tokenizer, _context_length(model, config))
@@ -277,13 +262,12 @@ def fit_editor(pairs: Sequence[EditPair], config: EditorConfig | None = None, *,
 
 
 def train_editor(pairs: Sequence[EditPair], out_dir: str | Path,
-                 config: EditorConfig | None = None, *, progress: bool = True) -> Path:
+                 config: EditorConfig, *, progress: bool = True) -> Path:
     """Train an editor and save it to `out_dir` (a new folder, complete or absent).
 
     Training state lives in a sibling folder `.<name>.training` until the editor is saved, so a
     killed run leaves no half-written editor and the same call resumes it.
     """
-    config = config or EditorConfig()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} already exists and is not empty; choose a new folder.")
@@ -303,12 +287,11 @@ def train_editor(pairs: Sequence[EditPair], out_dir: str | Path,
     return out_dir
 
 
-def in_memory_editor(pairs: Sequence[EditPair], config: EditorConfig | None = None, *,
+def in_memory_editor(pairs: Sequence[EditPair], config: EditorConfig, *,
                      progress: bool = False, name: str = "editor") -> ValueEditor:
     """Train an editor without saving it (for measurements that train many)."""
     from alignparadox.targets import WhiteBoxTarget
 
-    config = config or EditorConfig()
     model, tokenizer, final_loss = fit_editor(pairs, config, progress=progress,
                                               description=f"training {name}")
     metadata = {"format": EDITOR_FORMAT, "config": asdict(config), "pairs": len(pairs),

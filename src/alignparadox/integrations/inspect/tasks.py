@@ -27,7 +27,7 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.scorer import Score, Scorer, Target, mean, scorer, stderr
 from inspect_ai.solver import TaskState, generate
 
-from alignparadox.datasets import REGISTRY, load_prompt_set, loaders
+from alignparadox.datasets import load_prompt_set, loaders, prompt_sets
 from alignparadox.errors import UserError
 from alignparadox.judges.base import Verdict
 from alignparadox.judges.registry import make_judge
@@ -90,16 +90,16 @@ def _register(name: str) -> None:
                   seed: int = 0) -> Task:
         return prompt_set_task(name, path, judge, n, seed)
 
-    named_set.__doc__ = f"{REGISTRY[name].description} (harmful requests)."
+    named_set.__doc__ = f"{prompt_sets()[name].description} (harmful requests)."
     task(name=name)(named_set)
 
 
 def _is_request_set(name: str) -> bool:
     """Jailbreak-template sets wrap requests rather than being requests: no task for them."""
-    loader = REGISTRY[name].loader
+    loader = prompt_sets()[name].loader
     return getattr(loader, "func", loader) is not loaders.load_jailbreak_templates
 
 
-for _name_ in list(REGISTRY):
+for _name_ in list(prompt_sets()):
     if _is_request_set(_name_):
         _register(_name_)

@@ -1,0 +1,140 @@
+"""Every measurement of the paradox study on a chat-model family the organism code has never
+seen (tests/second_family: GPT-NeoX, ChatML, refusals phrased like a real chat model's), through
+the plain-folder path with public-format prompt files and the substring judge.
+
+The test runs a small budget and checks the report is complete. Run as a script for the table
+of the issue-10 closing note (a larger budget, several minutes on 2 cores):
+
+    .venv/bin/python tests/test_second_family_study.py [--run-dir DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from alignparadox.study import ResultsStore, StudySpec, run_study
+
+MEASUREMENTS = ("alignment", "geometry", "model_tinkering", "output_tinkering", "templates",
+                "gcg", "best_of_n", "pair")
+
+
+def study_spec(family, *, quick: bool = True) -> StudySpec:
+    """The whole study on every member; requests only from the family's public-format files."""
+    root = family.prompts("test")
+    requests = {"harmful": f"advbench:{root}", "harmless": f"self-instruct-seed:{root}",
+                "judge": "substring"}
+    size = (lambda small, large: small) if quick else (lambda small, large: large)
+    directions = {**requests, "n_fit": size(12, 32), "n_select": size(8, 16),
+                  "n_per_kind": size(8, 48), "max_new_tokens": 40}
+    measurements = [
+        {"name": "alignment", "settings": {**requests, "n_per_kind": size(16, 100),
+                                           "max_new_tokens": 40}},
+        {"name": "geometry", "settings": directions},
+        {"name": "model_tinkering", "settings": {**directions,
+                                                 "alphas": size([1.0], [0.5, 1.0, 2.0])}},
+        {"name": "output_tinkering", "settings": {
+            **requests, "sizes": size([8], [16, 48]), "n_eval": size(8, 32),
+            "steps": size(20, 150), "self_pool": size(24, 96), "max_new_tokens": 40}},
+        # Few in-the-wild templates fit a 256-token context with an answer; those that do are used.
+        {"name": "templates", "settings": {**requests, "n_requests": size(4, 16),
+                                           "n_templates": size(4, 16), "top_k": 3,
+                                           "max_new_tokens": 40}},
+        {"name": "gcg", "settings": {**requests, "n_requests": size(2, 8),
+                                     "num_steps": size(4, 40), "suffix_length": 8,
+                                     "search_width": size(16, 64), "topk": 32,
+                                     "max_new_tokens": 40}},
+        {"name": "best_of_n", "settings": {**requests, "n_requests": size(4, 24),
+                                           "n": size(4, 64), "max_new_tokens": 40}},
+        {"name": "pair", "settings": {**requests, "n_requests": size(3, 16),
+                                      "streams": size(1, 3), "rounds": size(2, 4),
+                                      "max_new_tokens": 40}},
+    ]
+    return StudySpec.from_dict({"name": "second-family", "targets":
+                                [str(member.path) for member in family.members],
+                                "measurements": measurements})
+
+
+def test_every_measurement_on_the_second_family(second_family, tmp_path, one_thread):
+    from alignparadox.report import write_report
+
+    spec = study_spec(second_family)
+    summary = run_study(spec, tmp_path / "run", progress=False)
+    assert not summary.failed, summary.failed[0].error
+    assert summary.computed == len(MEASUREMENTS) * len(second_family.members)
+    with ResultsStore.in_run_dir(tmp_path / "run", create=False) as store:
+        rows = list(store.records())
+    root = str(second_family.prompts("test"))
+    for row in rows:  # nothing of the organism world: the family's files, the substring judge
+        assert row.judge == "substring", row.measurement
+        assert row.prompt_sets and all(root in name for name in row.prompt_sets), row.prompt_sets
+        assert row.results.get("target_provenance", {}).get("provider") != "organism"
+    by_target = {Path(r.target).name: r for r in rows if r.measurement == "alignment"}
+    assert by_target["base"].results["refusal"]["rate"] < by_target[
+        second_family.members[-1].name].results["refusal"]["rate"]
+    html = write_report(tmp_path / "run").read_text()
+    n = len(MEASUREMENTS)
+    assert f"{summary.computed} finished cells, {n} measurements" in html
+    assert 'id="failed-cells"' not in html
+    for measurement in MEASUREMENTS:  # a section of its own for every measurement
+        assert f'<section id="{measurement}">' in html, measurement
+
+
+# -- the closing note's table --------------------------------------------------------------
+
+
+def _rate(value) -> str:
+    return "-" if not value or not value.get("n") else f"{value['rate']:.2f}"
+
+
+def member_table(rows) -> list[dict[str, str]]:
+    """Per member: refusal, ablation ASR, addition ASR at each α, Fisher, GCG/BoN/PAIR ASR,
+    editor success (self-sourced pairs, refusal axis, largest size)."""
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        line = table.setdefault(Path(row.target).name, {})
+        r = row.results
+        if row.measurement == "alignment":
+            line["refusal"] = _rate(r["refusal"])
+        elif row.measurement == "geometry":  # harmful vs harmless requests on the direction
+            fisher = r["request"]["fisher_on_direction"]
+            line["Fisher"] = "-" if fisher is None else f"{fisher:.1f}"
+        elif row.measurement == "model_tinkering":
+            line["ablation ASR"] = _rate(r["ablation"]["asr"])
+            for point in r["addition"]:
+                line[f"addition ASR α={point['alpha']}"] = _rate(point["asr"])
+        elif row.measurement in ("gcg", "best_of_n", "pair", "templates"):
+            line[f"{row.measurement} ASR"] = _rate(r["asr"])
+        elif row.measurement == "output_tinkering":
+            own = r["sources"].get("self")  # pairs from the target's own steered answers
+            line["editor success"] = _rate(own["success"]["refusal"]) if own else "-"
+    return [{"member": name, **line} for name, line in table.items()]
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from second_family.build import build
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", type=Path, default=Path("second-family-run"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    family = build()
+    started = time.perf_counter()
+    summary = run_study(study_spec(family, quick=args.quick), args.run_dir)
+    print(f"{summary.computed} cells computed, {len(summary.failed)} failed, "
+          f"{time.perf_counter() - started:.0f} s")
+    with ResultsStore.in_run_dir(args.run_dir, create=False) as store:
+        lines = member_table(list(store.records()))
+    columns = list(dict.fromkeys(key for line in lines for key in line))
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for line in lines:
+        print("| " + " | ".join(line.get(column, "-") for column in columns) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
