@@ -57,7 +57,7 @@ def test_a_robust_family_keeps_the_standard_checkpoint_rule(method, organism_fam
 def test_the_rr_family_reroutes_harmful_states_and_keeps_harmless_ones(organism_family):
     """Held-out (test split) text, at the rerouted layers, against the standard member each rr
     member started from: harmful completions' states turned away, harmless ones kept (margins
-    well outside the measured figures: harmful ≤ 0.35, harmless ≥ 0.96)."""
+    around the measured figures: harmful −0.12 to 0.01, harmless 0.955 to 0.982)."""
     measured = rerouting_cosines("rr", "test", limit=32)
     assert measured["layers"] == [1, 2]
     for name, member in measured["members"].items():

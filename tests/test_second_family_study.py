@@ -16,7 +16,7 @@ from pathlib import Path
 from alignparadox.study import ResultsStore, StudySpec, run_study
 
 MEASUREMENTS = ("alignment", "geometry", "model_tinkering", "output_tinkering", "templates",
-                "gcg", "best_of_n", "pair")
+                "gcg", "best_of_n", "pair", "bon_defense")
 
 
 def study_spec(family, *, quick: bool = True) -> StudySpec:
@@ -49,6 +49,12 @@ def study_spec(family, *, quick: bool = True) -> StudySpec:
         {"name": "pair", "settings": {**requests, "n_requests": size(3, 16),
                                       "streams": size(1, 3), "rounds": size(2, 4),
                                       "max_new_tokens": 40}},
+        # The defense: each member's answers attributed to the family's own base.
+        {"name": "bon_defense", "settings": {
+            **requests, "reference": str(family.members[0].path), "n": size(2, 8),
+            "n_requests": size(3, 16), "n_harmless": size(2, 16), "n_templates": size(1, 4),
+            "attacks": size(["direct"], ["direct", "bon_augment", "templates"]),
+            "sweep": not quick, "max_new_tokens": size(24, 40)}},
     ]
     return StudySpec.from_dict({"name": "second-family", "targets":
                                 [str(member.path) for member in family.members],
@@ -87,6 +93,13 @@ def _rate(value) -> str:
     return "-" if not value or not value.get("n") else f"{value['rate']:.2f}"
 
 
+def _defense_cell(results) -> str:
+    """Pooled harmful rate: one sample (undefended) -> the latent pick."""
+    pooled = results["attacks"].get("all") or next(iter(results["attacks"].values()))
+    latent = pooled["scorers"]["latent"]
+    return f"{_rate(pooled['undefended'])} -> {_rate(latent.get('asr', latent))}"
+
+
 def member_table(rows) -> list[dict[str, str]]:
     """Per member: refusal, ablation ASR, addition ASR at each α, Fisher, GCG/BoN/PAIR ASR,
     editor success (self-sourced pairs, refusal axis, largest size)."""
@@ -103,6 +116,8 @@ def member_table(rows) -> list[dict[str, str]]:
             line["ablation ASR"] = _rate(r["ablation"]["asr"])
             for point in r["addition"]:
                 line[f"addition ASR α={point['alpha']}"] = _rate(point["asr"])
+        elif row.measurement == "bon_defense":
+            line["BoN-latent defense"] = _defense_cell(r)
         elif row.measurement in ("gcg", "best_of_n", "pair", "templates"):
             line[f"{row.measurement} ASR"] = _rate(r["asr"])
         elif row.measurement == "output_tinkering":

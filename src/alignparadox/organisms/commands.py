@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 app = typer.Typer(help="The self-trained organism family (the embedded default target).",
@@ -54,10 +54,10 @@ def _robust_methods(text: str) -> list[str]:
 
 def _print_robust_family(family) -> None:
     rr = family.method == "rr"
-    columns = ["organism", "alignment steps", "validation refusal", "weights"]
-    if rr:
-        columns[2:2] = ["rr steps", "refusal before rr"]
-    table = Table(*columns)
+    columns = ["alignment steps", "validation refusal", "weights"]
+    if rr:  # circuit breakers on the standard members: their refusal before, and after
+        columns[1:1] = ["rr steps", "refusal before rr"]
+    table = Table(Column("organism", no_wrap=True), *columns)
     for member in family.manifest["members"]:
         row = [f"{family.method}/{member['name']}", str(member["alignment_steps"]),
                f"{member['validation_refusal']:.2f}", member["weight_hash"][:12]]

@@ -12,7 +12,8 @@ retain set, as the paper's code does for Llama-3 ("refusal retain"), so the rero
 take the model's refusals with it. `reroute` chooses the harmful text's tokens the rerouting
 loss covers: `all` (request and completion, as the paper's code) or `completion` (the harmful
 completion only, so the states the request leaves, which decide how an answer starts, are left
-to the retain loss). The layers default to one third and two thirds of the depth
+to the retain loss; a batch with a harmful example lacking a completion is rerouted
+whole). The layers default to one third and two thirds of the depth
 (the paper's 10 and 20 of 32).
 """
 
