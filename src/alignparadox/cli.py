@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     sets `user_error = True`: errors that must not stop a whole study (a UserError would), such
     as one unreadable checkpoint, yet are the user's to fix on the command line.
     """
+    if "transformers" in sys.modules:  # imported before us (a test, a notebook): tell it too
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         app(args=argv, prog_name="paradox")
     except SystemExit as done:

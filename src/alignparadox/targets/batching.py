@@ -163,24 +163,21 @@ def _final_part(text: str, stops: tuple[str, ...]) -> str:
     return text[:end]
 
 
-class BatchWorker:
-    """The generation thread. `submit(job)` queues a job and returns its future; `close()`
-    stops the thread and fails the jobs still queued or running."""
+class QueueWorker:
+    """One thread that owns a model and answers queued jobs (`_run`, in subclasses).
+    `submit(job)` queues a job and returns its future; `close()` stops the thread and fails the
+    jobs still queued."""
 
-    def __init__(self, target: WhiteBoxTarget, *, max_batch: int = 16, window: float = 0.005,
-                 generation_context: GenerationContext | None = None) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.target = target
-        self.max_batch = max_batch
-        self.window = window
-        self.generation_context = generation_context or nullcontext
+    thread_name = "paradox-serve-generation"
+
+    def _start_thread(self) -> None:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._closed = threading.Event()
-        self._rows: list[_Row] = []
-        self._thread = threading.Thread(target=self._run, name="paradox-serve-generation",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def submit(self, job: Job) -> Future:
         if self._closed.is_set():
@@ -199,6 +196,22 @@ class BatchWorker:
                 break
             if job is not None:
                 _fail(job, RuntimeError("the server is shutting down"))
+
+
+class BatchWorker(QueueWorker):
+    """The generation thread: queued jobs are generated together, in batches of up to
+    `max_batch`, and `close()` also fails the jobs still running."""
+
+    def __init__(self, target: WhiteBoxTarget, *, max_batch: int = 16, window: float = 0.005,
+                 generation_context: GenerationContext | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.target = target
+        self.max_batch = max_batch
+        self.window = window
+        self.generation_context = generation_context or nullcontext
+        self._rows: list[_Row] = []
+        self._start_thread()
 
     # -- the worker thread -------------------------------------------------------------------
 

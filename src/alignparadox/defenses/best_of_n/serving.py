@@ -13,47 +13,25 @@ choice is made.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 
 import torch
 
 from alignparadox.defenses.best_of_n.core import BestOfNDefense
-from alignparadox.targets.batching import Completion, Job, TokenLogprob
+from alignparadox.targets.batching import Completion, Job, QueueWorker, TokenLogprob
 
 logger = logging.getLogger("alignparadox.serve")
 
 
-class DefendedWorker:
-    """Same interface as `targets.batching.BatchWorker`: `submit(job)` and `close()`."""
+class DefendedWorker(QueueWorker):
+    """Takes the place of `targets.batching.BatchWorker`: one job at a time."""
+
+    thread_name = "paradox-serve-defended"
 
     def __init__(self, defense: BestOfNDefense) -> None:
         self.defense = defense
         self.target = defense.target
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="paradox-serve-defended",
-                                        daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Job) -> Future:
-        if self._closed.is_set():
-            raise RuntimeError("the generation worker is closed")
-        self._queue.put(job)
-        return job.future
-
-    def close(self, timeout: float = 30) -> None:
-        self._closed.set()
-        self._queue.put(None)
-        self._thread.join(timeout)
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                _fail(job, RuntimeError("the server is shutting down"))
+        self._start_thread()
 
     def _run(self) -> None:
         while not self._closed.is_set():
