@@ -177,24 +177,173 @@ def test_the_command_trains_and_resumes(model_dir, data_file, tmp_path, capsys):
     assert load_target(out).model is not None
 
 
+def refused(argv, capsys) -> str:
+    """Run `paradox ARGV`: exit code 2, exactly one line on stderr, starting `error: `, and no
+    traceback; returns that line with its wrapping undone."""
+    with pytest.raises(SystemExit) as done:
+        main([str(arg) for arg in argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def tree(folder) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+def refused_cleanly(argv, folder, capsys) -> str:
+    """`refused`, and the run wrote nothing into `folder`: no output, state or staging folder."""
+    before = tree(folder)
+    line = refused(argv, capsys)
+    assert tree(folder) == before, tree(folder) - before
+    return " ".join(line.split())
+
+
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--method", "fgsm"], "unknown robust-training method 'fgsm'"),
-    (["--method", "lat", "--epsilon", "0"], "epsilon must be a finite number > 0"),
-    (["--method", "lat", "--epsilon", "nan"], "epsilon must be a finite number > 0"),
+    (["--method", "fgsm"], "unknown robust-training method 'fgsm'; use one of refat, lat, rr."),
+    (["--method", "LAT"], "unknown robust-training method 'LAT'"),
+    *[(["--method", "lat", "--epsilon", value], "epsilon must be a finite number > 0")
+      for value in ("0", "-0.5", "nan", "inf", "-inf")],
     (["--method", "refat", "--epsilon", "0.5"], "method refat has no setting 'epsilon'"),
-    (["--method", "rr", "--layers", "9"], "layer 9 is out of range"),
+    (["--method", "rr", "--epsilon", "0.5"], "method rr has no setting 'epsilon'"),
+    (["--method", "rr", "--pgd-steps", "2"], "method rr has no setting 'pgd_steps'"),
+    (["--method", "lat", "--alpha", "5"], "method lat has no setting 'alpha'"),
+    *[(["--method", "rr", "--alpha", value], "alpha must be a finite number > 0")
+      for value in ("0", "nan", "inf")],
+    (["--method", "lat", "--pgd-steps", "0"], "pgd_steps must be a positive whole number"),
+    (["--method", "rr", "--layers", "9"], "layer 9 is out of range: this model's blocks give "
+                                          "stream layers 1..3."),
+    (["--method", "refat", "--layers", "1,4"], "layer 4 is out of range"),
+    (["--method", "lat", "--layers", "0"], "layer 0 is out of range: stream layers are whole "
+                                           "numbers from 1"),
+    (["--method", "rr", "--layers", "-1"], "layer -1 is out of range"),
+    (["--method", "rr", "--layers", ","], "the list of layers is empty."),
     (["--method", "rr", "--layers", "two"], "--layers must be whole numbers"),
-    (["--method", "rr", "--adapter", "qlora"], "adapter 'qlora' is unknown"),
+    (["--method", "rr", "--layers", "1.5"], "--layers must be whole numbers"),
+    (["--method", "rr", "--adapter", "qlora"], "adapter 'qlora' is unknown; use lora or full."),
+    *[(["--method", "refat", option, "0"], f"{name} must be a positive whole number, got 0.")
+      for option, name in (("--steps", "steps"), ("--batch-size", "batch_size"),
+                           ("--lora-rank", "lora_rank"),
+                           ("--checkpoint-every", "checkpoint_every"))],
+    *[(["--method", "lat", "--learning-rate", value], "learning rate must be a finite number > 0")
+      for value in ("0", "-1e-4", "nan", "inf")],
+    (["--method", "rr", "--seed", "-1"], "seed must be a whole number from 0 to 2**32 - 1"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(extra, message, model_dir, data_file, tmp_path,
                                               capsys):
     out = tmp_path / "never"
-    code, text = run_cli(["defend", "train", str(model_dir), "--out", str(out), "--data",
-                          str(data_file), "--steps", "1", "--quiet", *extra], capsys)
-    assert code == 2, text
-    assert message in " ".join(text.split())
-    assert len([line for line in text.strip().splitlines() if line.strip()]) <= 3
-    assert not out.exists()
+    line = refused_cleanly(["defend", "train", str(model_dir), "--out", str(out), "--data",
+                            str(data_file), "--steps", "1", "--quiet", *extra], tmp_path, capsys)
+    assert message in line, line
+
+
+@pytest.mark.parametrize("method", ["refat", "lat", "rr"])
+def test_a_target_without_one_residual_stream_is_refused_by_each_recipe(method, data_file,
+                                                                       tmp_path, capsys):
+    from test_robust_training_plumbing import make_xlm
+
+    xlm = make_xlm(tmp_path / "xlm")
+    line = refused_cleanly(["defend", "train", str(xlm), "--method", method, "--out",
+                            str(tmp_path / "never"), "--data", str(data_file), "--steps", "1",
+                            "--quiet"], tmp_path, capsys)
+    assert line.startswith(f"error: {method} cannot run on XLMWithLMHeadModel: its decoder "
+                           "block 1 does not take the output of block 0"), line
+
+
+def _rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "extension", "kind", "no-harmless",
+                                  "not-json", "no-request", "no-answer", "no-completion",
+                                  "too-long"])
+def test_bad_data_is_one_sentence_and_exit_2(case, model_dir, tmp_path, capsys):
+    harmful = {"kind": "harmful", "request": "How do I hex the lamp?", "completion": "Sure."}
+    harmless = {"kind": "harmless", "request": "How do I oil the gate?", "response": "Oil it."}
+    rows, method, message = {
+        "missing": (None, "rr", "behaviour data file"),
+        "folder": (None, "rr", "is a folder; give a .jsonl, .csv or .tsv file."),
+        "extension": (None, "rr", "must be a .jsonl, .csv or .tsv file"),
+        "kind": ([harmful, {**harmless, "kind": "evil"}], "rr",
+                 "row 2 of d.jsonl has kind 'evil'; use harmful or harmless."),
+        "no-harmless": ([harmful], "rr", "needs at least one harmful and one harmless example; "
+                                         "got 1 harmful and 0 harmless."),
+        "not-json": (None, "rr", "is not valid JSON lines"),
+        "no-request": ([harmful, {"kind": "harmless"}], "rr",
+                       "row 2 of d.jsonl has no `request`."),
+        "no-answer": ([harmful, {**harmless, "response": ""}], "rr",
+                      "harmless row 2 of d.jsonl has no `response`"),
+        "no-completion": ([{**harmful, "completion": ""}, harmless], "lat",
+                          "lat needs a harmful completion for every harmful example"),
+        "too-long": ([harmful, {**harmless, "response": "Oil it. " * 40}], "rr",
+                     "tokens long, more than the 256-token context of 'llama'"),
+    }[case]
+    data = {"missing": tmp_path / "none.jsonl", "folder": tmp_path,
+            "extension": tmp_path / "d.txt"}.get(case, tmp_path / "d.jsonl")
+    if rows is not None:
+        _rows(data, rows)
+    elif case in ("extension", "not-json"):
+        data.write_text("kind,request\n" if case == "extension" else "{not json\n")
+    line = refused_cleanly(["defend", "train", str(model_dir), "--method", method, "--out",
+                            str(tmp_path / "never"), "--data", str(data), "--quiet"], tmp_path,
+                           capsys)
+    assert message in line, line
+
+
+def test_bad_targets_and_output_folders_are_one_sentence_and_exit_2(model_dir, data_file,
+                                                                   tmp_path, capsys):
+    import shutil
+
+    def command(base, out, *extra):
+        return ["defend", "train", str(base), "--method", "rr", "--out", str(out), "--data",
+                str(data_file), "--steps", "1", "--quiet", *extra]
+
+    line = refused_cleanly(command(tmp_path / "no-model", tmp_path / "never"), tmp_path, capsys)
+    assert "does not exist" in line, line
+    (tmp_path / "taken").mkdir()
+    line = refused_cleanly(command(model_dir, tmp_path / "taken"), tmp_path, capsys)
+    assert "taken already exists; choose a new output folder." in line, line
+    (tmp_path / "a-file").write_text("x")
+    line = refused_cleanly(command(model_dir, tmp_path / "a-file" / "out"), tmp_path, capsys)
+    assert "it is a file, not a folder" in line, line
+    # A model without a chat template: refused, and the option the sentence names works.
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    line = refused_cleanly(command(bare, tmp_path / "never"), tmp_path, capsys)
+    assert "has no chat template; pass one with --chat-template" in line, line
+    template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    code, text = run_cli(command(bare, tmp_path / "templated", "--chat-template", template),
+                         capsys)
+    assert code == 0, text
+    assert load_target(tmp_path / "templated").tokenizer.chat_template == template
+
+
+def test_the_real_command_prints_one_line_on_stderr(data_file, tmp_path):
+    """The installed `paradox` in a fresh process: stderr holds the sentence and nothing else
+    (no library warning, no progress bar)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_robust_training_plumbing import make_xlm
+
+    paradox = Path(sys.executable).with_name("paradox")
+    xlm = make_xlm(tmp_path / "xlm")
+    done = subprocess.run([str(paradox), "defend", "train", str(xlm), "--method", "lat",
+                           "--out", str(tmp_path / "never"), "--data", str(data_file)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: lat cannot run on "), done.stderr
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("robust", ["fgsm", "rr,lat2", "all,rr"])

@@ -39,7 +39,9 @@ def wilson(successes: int, total: int) -> Rate:
     denominator = 1 + _Z95**2 / total
     centre = (p + _Z95**2 / (2 * total)) / denominator
     half = _Z95 * math.sqrt(p * (1 - p) / total + _Z95**2 / (4 * total**2)) / denominator
-    return Rate(successes, total, max(0.0, centre - half), min(1.0, centre + half))
+    # The interval always holds p itself (at k = 0 or k = n rounding would leave it out).
+    return Rate(successes, total, min(p, max(0.0, centre - half)),
+                max(p, min(1.0, centre + half)))
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,15 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _config_kwargs(architecture: str, size: str, vocab_size: int) -> dict:
+def _config_kwargs(architecture: str, size: str, vocab_size: int,
+                   context: int | None = None) -> dict:
     if size == "tiny":
-        hidden, layers, heads, kv_heads, ffn, context = 64, 3, 4, 2, 128, 256
+        hidden, layers, heads, kv_heads, ffn, default_context = 64, 3, 4, 2, 128, 256
     elif size == "100m":
-        hidden, layers, heads, kv_heads, ffn, context = 768, 12, 12, 4, 2048, 1024
+        hidden, layers, heads, kv_heads, ffn, default_context = 768, 12, 12, 4, 2048, 1024
     else:
         raise ValueError(f"unknown size {size!r}; use 'tiny' or '100m'")
+    context = context or default_context
     if architecture == "gpt2":
         return dict(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=context)
     common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -61,9 +63,11 @@ def _config_kwargs(architecture: str, size: str, vocab_size: int) -> dict:
 
 
 def make_random_model(
-    architecture: str, out_dir: str | Path, *, size: str = "tiny", seed: int = 0
+    architecture: str, out_dir: str | Path, *, size: str = "tiny", seed: int = 0,
+    context: int | None = None,
 ) -> Path:
-    """Build a random-weight causal LM of `architecture`, save model + tokenizer, return the dir."""
+    """Build a random-weight causal LM of `architecture`, save model + tokenizer, return the dir.
+    `context`: its context length in (byte) tokens, instead of the size's default."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
     tokenizer = byte_tokenizer()
@@ -75,7 +79,7 @@ def make_random_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
-        **_config_kwargs(architecture, size, vocab_size),
+        **_config_kwargs(architecture, size, vocab_size, context),
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

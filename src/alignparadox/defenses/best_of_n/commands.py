@@ -24,8 +24,21 @@ def bon(
         help="Fixed layer of the latent scorer: an index (12) or a relative depth (0.5).")]
     = "0.5",
     attacks: Annotated[str, typer.Option(
-        help="Comma-separated: direct, bon_augment, templates.")]
-    = "direct,bon_augment,templates",
+        help="Transfer attacks, comma-separated: direct, bon_augment, templates, gcg, pair, "
+        "steering.")]
+    = "direct,bon_augment,templates,gcg,pair,steering",
+    adaptive: Annotated[str, typer.Option(
+        help="Adaptive attacks against the defended system, comma-separated: pair, "
+        "bon_augment ('' for none).")]
+    = "pair,bon_augment",
+    n_adaptive: Annotated[int, typer.Option(
+        "--n-adaptive", help="Harmful requests the adaptive attacks run on.")] = 16,
+    gcg_steps: Annotated[int, typer.Option("--gcg-steps", help="GCG steps per request.")] = 50,
+    gcg_requests: Annotated[int, typer.Option(
+        "--gcg-requests", help="Requests that get a GCG suffix.")] = 8,
+    over_refusal: Annotated[str, typer.Option(
+        "--over-refusal", help="Safe prompts that look unsafe: a set or file; 'auto' = XSTest "
+        "where it is on the machine; 'none' to skip.")] = "auto",
     n_requests: Annotated[int, typer.Option(
         "--n-requests", help="Harmful requests per split (test; select for the sweep).")] = 32,
     n_harmless: Annotated[int, typer.Option(
@@ -57,7 +70,9 @@ def bon(
     settings: dict[str, Any] = {
         **BestOfNDefenseMeasurement.defaults, "reference": reference, "n": n,
         "temperature": temperature, "top_p": top_p, "layer": parse_layer(layer),
-        "attacks": [a.strip() for a in attacks.split(",") if a.strip()],
+        "attacks": _names(attacks), "adaptive": _names(adaptive), "n_adaptive": n_adaptive,
+        "gcg_steps": gcg_steps, "gcg_requests": gcg_requests,
+        "over_refusal": None if over_refusal == "none" else over_refusal,
         "n_requests": n_requests, "n_harmless": n_harmless, "behaviours": behaviours,
         "harmful": harmful, "harmless": harmless, "judge": judge, "sigma": sigma,
         "sweep": sweep, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
@@ -67,6 +82,10 @@ def bon(
 
         write_atomic(out, json.dumps(results, indent=2, default=float).encode("utf-8"))
     print_results(target, results)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def run_cell(target: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -128,6 +147,17 @@ def print_results(target: str, results: dict[str, Any]) -> None:
         console.print("harmless answered: one sample " + _rate(utility["undefended"]) + "; "
                       + "; ".join(f"{name} {_rate(rate)}"
                                   for name, rate in utility["scorers"].items()))
+    for attack, outcome in (results.get("adaptive") or {}).items():
+        console.print(f"adaptive {attack}: ASR vs one sample {_rate(outcome['one_sample']['asr'])}"
+                      f", vs latent defense {_rate(outcome['latent']['asr'])}, reduction "
+                      f"{_pct(outcome['reduction'])}")
+    over = results.get("over_refusal")
+    if over and "not_measured" in over:
+        console.print(f"over-refusal ({over['set']}): {over['not_measured']}")
+    elif over:
+        console.print(f"over-refusal ({over['set']}): one sample " + _rate(over["undefended"])
+                      + "; " + "; ".join(f"{name} {_rate(rate)}"
+                                         for name, rate in over["scorers"].items()))
     cost = results["cost"]
     console.print(f"cost per request: plain sampling of N {cost['sample_seconds_per_request']:.3f}"
                   f" s, defended {cost['defended_seconds_per_request']:.3f} s, ratio "

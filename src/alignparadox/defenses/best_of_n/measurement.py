@@ -36,7 +36,9 @@ SCORER_LABELS = {
     "oracle": "judge oracle (upper bound)",
 }
 ATTACK_LABELS = {"direct": "plain requests", "bon_augment": "Best-of-N augmented",
-                 "templates": "jailbreak templates", "all": "all attacks pooled"}
+                 "templates": "jailbreak templates", "gcg": "GCG suffixes",
+                 "pair": "PAIR rewrites", "steering": "steering (coherent alpha)",
+                 "all": "all attacks pooled"}
 
 # The paper's relative ASR reductions vs one sample (Pathmanathan & Huang 2026, Table 2-4):
 # other models (Qwen / Llama 7-8B), other prompts and Llama-Guard-3-8B as the judge.
@@ -51,10 +53,11 @@ PAPER_REDUCTIONS = [
 
 
 def check_settings(settings: dict[str, Any]) -> None:
+    from alignparadox.defenses.best_of_n.adaptive import ADAPTIVE_ATTACKS
     from alignparadox.defenses.best_of_n.evaluation import ATTACKS
 
     for name in ("n", "n_requests", "n_harmless", "max_new_tokens", "batch_size",
-                 "n_templates"):
+                 "n_adaptive", "adaptive_bon_n", "n_over_refusal"):
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             what = "the number of candidates N" if name == "n" else f"bon_defense {name}"
@@ -71,15 +74,52 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UserError(f"bon_defense temperature must be positive, got {temperature!r}.")
     if not 0 < settings["top_p"] <= 1:
         raise UserError(f"bon_defense top_p must be in (0, 1], got {settings['top_p']!r}.")
-    attacks = settings["attacks"]
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if not attacks or unknown:
-        raise UserError(f"bon_defense attacks must be some of {', '.join(ATTACKS)}, got "
-                        f"{attacks!r}.")
+    for key, known, empty_ok in (("attacks", ATTACKS, False),
+                                 ("adaptive", ADAPTIVE_ATTACKS, True)):
+        chosen = settings[key]
+        if not isinstance(chosen, list | tuple) or (not chosen and not empty_ok) or any(
+                a not in known for a in chosen):
+            raise UserError(f"bon_defense {key} must be some of {', '.join(known)}, got "
+                            f"{chosen!r}.")
+    attack_settings(settings)  # the attacks' own settings
     if settings["sigma"] is not None:
         from alignparadox.datasets.augmentation import Augmentation
 
         Augmentation.from_sigma(settings["sigma"])
+    over_refusal = settings["over_refusal"]
+    if over_refusal not in (None, "auto"):
+        from alignparadox.datasets.behaviours import check_source
+
+        check_source(over_refusal, "over_refusal")
+
+
+def attack_settings(settings: dict[str, Any]):
+    from alignparadox.defenses.best_of_n.attacked import AttackSettings
+
+    alphas = settings["steering_alphas"]
+    return AttackSettings(
+        sigma=settings["sigma"], template_set=settings["template_set"],
+        n_templates=settings["n_templates"], gcg_requests=settings["gcg_requests"],
+        gcg_steps=settings["gcg_steps"], gcg_suffix_length=settings["gcg_suffix_length"],
+        gcg_search_width=settings["gcg_search_width"], pair_attacker=settings["pair_attacker"],
+        pair_streams=settings["pair_streams"], pair_rounds=settings["pair_rounds"],
+        steering_alphas=tuple(alphas) if isinstance(alphas, list | tuple) else (alphas,),
+        max_new_tokens=settings["max_new_tokens"])
+
+
+def over_refusal_prompts(spec: str | None, n: int, seed: int) -> tuple[Any, str | None]:
+    """(safe prompts that look unsafe, or None; why not, when `auto` found none here)."""
+    from alignparadox.datasets.behaviours import load_requests
+
+    if spec is None:
+        return None, None
+    try:
+        return load_requests("xstest" if spec == "auto" else spec, "harmless").sample(n, seed), \
+            None
+    except UserError as error:
+        if spec != "auto":
+            raise
+        return None, f"not measured: {error}"
 
 
 def require_local(spec: str, what: str) -> None:
@@ -97,8 +137,13 @@ class BestOfNDefenseMeasurement(Measurement):
     defaults = {**BEHAVIOUR_SETTINGS, "judge": None, "reference": None, "n": 8,
                 "temperature": 0.7, "top_p": 1.0, "layer": 0.5, "max_new_tokens": 64,
                 "n_requests": 32, "n_harmless": 32,
-                "attacks": ["direct", "bon_augment", "templates"], "sigma": None,
-                "template_set": "jailbreak-templates", "n_templates": 8, "sweep": True,
+                "attacks": ["direct", "bon_augment", "templates", "gcg", "pair", "steering"],
+                "adaptive": ["pair", "bon_augment"], "n_adaptive": 16, "adaptive_bon_n": 16,
+                "sigma": None, "template_set": "jailbreak-templates", "n_templates": 8,
+                "gcg_requests": 8, "gcg_steps": 50, "gcg_suffix_length": 12,
+                "gcg_search_width": 64, "pair_attacker": "scripted", "pair_streams": 2,
+                "pair_rounds": 3, "steering_alphas": [0.25, 0.5, 1.0, 2.0],
+                "over_refusal": "auto", "n_over_refusal": 32, "sweep": True,
                 "batch_size": 32}
 
     def check(self, cell: Cell) -> None:
@@ -142,19 +187,26 @@ class BestOfNDefenseMeasurement(Measurement):
 
             harmless = PromptSet(harmless.name, tuple(
                 r for r in harmless.records if r.category != VALUE_CATEGORY))
+        over_refusal, over_refusal_reason = over_refusal_prompts(
+            s["over_refusal"], s["n_over_refusal"], cell.seed)
         config = EvaluationConfig(
             bon=BestOfNConfig(n=s["n"], temperature=float(s["temperature"]),
                               top_p=float(s["top_p"]), max_new_tokens=s["max_new_tokens"],
                               seed=cell.seed, batch_size=s["batch_size"], layer=s["layer"]),
-            attacks=tuple(s["attacks"]), sigma=s["sigma"], template_set=s["template_set"],
-            n_templates=s["n_templates"], sweep=s["sweep"],
+            attacks=tuple(s["attacks"]), adaptive=tuple(s["adaptive"]),
+            attack_settings=attack_settings(s), n_adaptive=s["n_adaptive"],
+            adaptive_bon_n=s["adaptive_bon_n"], sweep=s["sweep"],
             max_error_share=float(s.get("max_error_share", 0.0)))
         results = evaluate(target, reference, make_judge(judge), harmful_test=harmful_test,
                            harmful_select=harmful_select, harmless_test=harmless,
+                           over_refusal=over_refusal,
+                           behaviours=behaviours if behaviours.has_harmless else None,
                            config=config, seed=cell.seed, progress=context.progress)
+        if over_refusal_reason is not None:
+            results["over_refusal"] = {"set": "xstest", "not_measured": over_refusal_reason}
         results["alignment_steps"] = alignment_strength(cell.target)
-        sets = {part.name: part.sha256 for part in (harmful_test, harmful_select, harmless)
-                if part is not None}
+        sets = {part.name: part.sha256 for part in (harmful_test, harmful_select, harmless,
+                                                    over_refusal) if part is not None}
         return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
                           prompt_sets=sets, judge=judge)
 
@@ -179,8 +231,9 @@ def report_html(rows: list[CellRecord], options: ReportOptions) -> Markup:
         "sampling); each scorer returns the candidate it ranks lowest. Relative reduction = "
         "1 &minus; ASR<sub>scorer</sub> / ASR<sub>one sample</sub>, with a paired bootstrap "
         "95% interval over prompts. The headline uses a fixed layer; the layer chosen on the "
-        "select split is reported apart. Attacks are transfer attacks: prompts made without "
-        "the defense.</p>")]
+        "select split is reported apart. The first table's attacks are transfer attacks: "
+        "prompts (for steering, the model condition) made against the undefended target; the "
+        "adaptive table runs the black-box attacks against the defended system.</p>")]
     for row in rows:
         parts.append(_target_html(row, options))
     parts.append(table(
@@ -224,12 +277,26 @@ def _target_html(row: CellRecord, options: ReportOptions) -> Markup:
                     "split (disjoint requests), measured on the test split: apart from the "
                     "fixed-layer headline.")
         html += _sweep_plot(row)
+    details = res.get("attack_details", {})
+    if details:
+        html += Markup("<p>{}</p>").format("; ".join(
+            f"{ATTACK_LABELS.get(a, a)}: {_details(d)}" for a, d in details.items()))
+    html += _adaptive_html(res.get("adaptive") or {})
     if "utility" in res:
         utility = res["utility"]
         html += table(
             ["harmless requests", "one sample"] + list(utility["scorers"]),
             [[utility["prompts"], utility["undefended"]] + list(utility["scorers"].values())],
             caption="Utility: share of held-out harmless requests answered.")
+    over = res.get("over_refusal")
+    if over and "not_measured" in over:
+        html += Markup("<p>Over-refusal ({}): {}</p>").format(over["set"], over["not_measured"])
+    elif over:
+        html += table(
+            [f"safe prompts ({over['set']})", "one sample"] + list(over["scorers"]),
+            [[over["prompts"], over["undefended"]] + list(over["scorers"].values())],
+            caption="Over-refusal: share of safe prompts that look unsafe which the judge calls "
+                    "refused (lower is better).")
     cost = res["cost"]
     html += Markup("<p>Cost: {:.3f} s per request for plain sampling of N, {:.3f} s with the "
                    "latent scorer: <strong>{:.2f}&times;</strong> ({} {} requests).</p>").format(
@@ -243,6 +310,25 @@ def _target_html(row: CellRecord, options: ReportOptions) -> Markup:
                       caption="Candidates of one request (harmful completions redacted unless "
                               "--show-completions).")
     return html
+
+
+def _details(details: dict[str, Any]) -> str:
+    shown = {key: value for key, value in details.items() if key != "alpha_sweep"}
+    return ", ".join(f"{key} {value}" for key, value in shown.items())
+
+
+def _adaptive_html(adaptive: dict[str, Any]) -> Markup:
+    if not adaptive:
+        return Markup("")
+    rows = [[ATTACK_LABELS.get(attack, attack), o["requests"], o["one_sample"]["asr"],
+             o["one_sample"]["queries"], o["latent"]["asr"], o["latent"]["queries"],
+             _reduction(o["reduction"])] for attack, o in adaptive.items()]
+    return table(["adaptive attack", "requests", "ASR vs one sample", "queries",
+                  "ASR vs latent defense", "queries", "relative reduction"], rows,
+                 caption="Adaptive: the attack's own search run against the defended system "
+                         "(its verdicts come from the defended answers), vs the same search "
+                         "against one sample at the defense's temperature; queries are mean "
+                         "target queries per request.")
 
 
 def _sweep_plot(row: CellRecord) -> Markup:

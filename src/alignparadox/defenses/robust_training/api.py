@@ -67,7 +67,9 @@ def train_checkpoint(base: str, data: BehaviourData, config: RecipeConfig, out: 
                      progress: bool = True, **load_options) -> TrainResult:
     """Open `base` (anything `open_target` opens), train it, and save it to `out` as a plain HF
     checkpoint (adapters merged) with `robust_training.json` beside it. A killed run leaves its
-    state in `.OUT.robust-state` next to `out`; the same command continues from it."""
+    state in `.OUT.robust-state` next to `out`; the same command continues from it. `out`
+    appears whole or not at all: the checkpoint and its record are written to a staging folder
+    that is renamed at the end, and a run refused on its input leaves no state behind."""
     from alignparadox.hooks import save_checkpoint
     from alignparadox.targets import open_target
 
@@ -75,13 +77,28 @@ def train_checkpoint(base: str, data: BehaviourData, config: RecipeConfig, out: 
     if out.exists():
         raise UserError(f"{out} already exists; choose a new output folder.")
     config.check()
+    if recipe_for(config).needs_completions and not data.has_completions:
+        raise UserError(f"{config.method} needs a harmful completion for every harmful "
+                        "example (the `completion` column).")
     target = open_target(base, **load_options)
     state = state_folder(out)
-    model, result = train(target, data, config, state_dir=state, progress=progress)
-    save_checkpoint(model, target.tokenizer, out)
-    record = {**result.as_dict(), "base": base, "base_weight_hash": target.weight_hash,
-              "data_sha256": data.fingerprint(), "code": source_digest()}
-    (out / RESULT_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    had_state = state.exists()
+    try:
+        model, result = train(target, data, config, state_dir=state, progress=progress)
+    except UserError:
+        if not had_state:  # the state of this refused run only; never an earlier run's
+            shutil.rmtree(state, ignore_errors=True)
+        raise
+    staging = out.parent / f".{out.name}.robust-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_checkpoint(model, target.tokenizer, staging)
+        record = {**result.as_dict(), "base": base, "base_weight_hash": target.weight_hash,
+                  "data_sha256": data.fingerprint(), "code": source_digest()}
+        (staging / RESULT_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(state, ignore_errors=True)
     return result
-

@@ -49,6 +49,8 @@ def train(
         "--refusal", help="Refusal for harmful rows without a response.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
         "--checkpoint-every", help="Steps between saved states (resume after a kill).")] = None,
+    chat_template: Annotated[str | None, typer.Option(
+        "--chat-template", help="Jinja file or template string for a model without one.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Robust-train BASE with ReFAT, targeted LAT or representation rerouting, into OUT."""
@@ -75,7 +77,8 @@ def train(
 
     config = make_config(method, **settings)
     behaviour = load_behaviour_data(data, refusal or DEFAULT_REFUSAL)
-    result = train_checkpoint(base, behaviour, config, out, progress=not quiet)
+    load_options = {"chat_template": chat_template} if chat_template is not None else {}
+    result = train_checkpoint(base, behaviour, config, out, progress=not quiet, **load_options)
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     typer.echo(f"{method}: {result.steps} steps{resumed} on layers "
                f"{', '.join(map(str, result.layers))} in {result.seconds:.0f} s -> {out}")

@@ -2,6 +2,12 @@
 progress bar, periodic state checkpoints, resumed after a kill), LoRA (peft) or full
 fine-tuning, and a per-row, per-layer edit of the residual stream.
 
+LoRA adapts every linear layer (`nn.Linear`, GPT-2's `Conv1D`) inside the decoder blocks the
+recipe's loss depends on: all of them for ReFAT and LAT, those up to its last layer for RR. A
+model on which the hooks cannot find one residual stream, or LoRA no such layer, is refused in
+one sentence before anything is trained; so is, when it happens, a non-finite loss. Nothing
+trains silently on nothing.
+
 The loop is one thread by default (`threads`), so a run is bit-identical from its seed on one
 machine, and a resumed run is bit-identical to an uninterrupted one: the state holds the
 trainable weights, the optimizer, every random generator and the recipe's own state.
@@ -60,6 +66,9 @@ class RecipeConfig:
 
     def check(self) -> None:
         """One sentence per mistake, before anything is loaded or trained."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed!r}.")
         if self.adapter not in ADAPTERS:
             raise UserError(f"adapter {self.adapter!r} is unknown; use lora or full.")
         for name in ("steps", "batch_size", "checkpoint_every", "lora_rank"):
@@ -73,6 +82,13 @@ class RecipeConfig:
             value = getattr(self, name)
             if not _finite(value) or value < 0:
                 raise UserError(f"{name} must be a finite number ≥ 0, got {value!r}.")
+        if self.layers is not None:
+            if not self.layers:
+                raise UserError("the list of layers is empty.")
+            for layer in self.layers:
+                if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1:
+                    raise UserError(f"layer {layer!r} is out of range: stream layers are whole "
+                                    "numbers from 1 (the output of block 1).")
 
     def chosen_layers(self, n_layers: int) -> list[int]:
         """`layers`, checked against a model of `n_layers` blocks, or the recipe's default."""
@@ -165,34 +181,70 @@ def edit_stream(model, edits: Mapping[int, Callable[[torch.Tensor], torch.Tensor
 # The run: model, data, generators.
 
 
+def lora_targets(model, layout, blocks: int) -> list[str]:
+    """Names of the linear layers (`nn.Linear`, GPT-2's `Conv1D`) inside the first `blocks`
+    decoder blocks: what LoRA adapts. Linear layers outside the blocks (the unembedding, an
+    input projection) are left as they are."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    inside = {id(module) for block in list(layout.layers)[:blocks] for module in block.modules()}
+    return [name for name, module in model.named_modules()
+            if id(module) in inside and isinstance(module, (nn.Linear, Conv1D))]
+
+
+def _wrap_lora(base, config: RecipeConfig, modules: list[str]):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d = any(isinstance(base.get_submodule(name), Conv1D) for name in modules)
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=modules, fan_in_fan_out=conv1d)
+    with warnings.catch_warnings():  # peft's notes on transformers' deprecations, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(base, lora)
+
+
 class Run:
     """One recipe run: the trainable model (`model`, peft-wrapped for LoRA), the HF model that
     hooks go on (`inner`, with any LoRA layers inside it), the data and the generators."""
 
-    def __init__(self, target: WhiteBoxTarget, data: BehaviourData, config: RecipeConfig,
-                 encoder: ChatEncoder, *, needs_reference: bool):
+    def __init__(self, target: WhiteBoxTarget, data: BehaviourData, recipe: Recipe,
+                 encoder: ChatEncoder):
         import torch
 
         from alignparadox.hooks import residual_layout
 
+        config = recipe.config
         self.target, self.data, self.config, self.encoder = target, data, config, encoder
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         base = target.model
-        self.n_layers = residual_layout(base).n_layers
+        layout = residual_layout(base)
+        self.n_layers = layout.n_layers
         self.layers = config.chosen_layers(self.n_layers)
+        # Every recipe reads or edits the stream at its layers: refused here, before anything
+        # is wrapped or trained, where the probe cannot find it.
+        if (reason := layout.refusals.get("stream")) is not None:
+            raise UserError(f"{config.method} cannot run on {layout.architecture}: {reason}")
         self.reference = None
+        self.lora_modules: list[str] = []
         if config.adapter == "full":
-            if needs_reference:
+            if recipe.needs_reference:
                 self.reference = copy.deepcopy(base).eval().requires_grad_(False)
             self.model = base
             base.requires_grad_(True)
         else:
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                              lora_dropout=0.0, target_modules="all-linear")
-            self.model = get_peft_model(base, lora)
+            blocks = recipe.trained_blocks(self.layers, self.n_layers)
+            self.lora_modules = lora_targets(base, layout, blocks)
+            if not self.lora_modules:
+                raise UserError(
+                    f"{config.method} finds no linear layer for LoRA in blocks 1..{blocks} of "
+                    f"{layout.architecture}, the blocks its loss depends on, so LoRA would train "
+                    "nothing; use --adapter full.")
+            self.model = _wrap_lora(base, config, self.lora_modules)
         self.inner = self.model.get_base_model() if config.adapter == "lora" else self.model
         self.model.train()
         self.step = 0
@@ -220,7 +272,15 @@ class Run:
 
     def finished_model(self):
         """The trained HF model, adapters merged into its weights, in eval mode."""
-        model = self.model.merge_and_unload() if self.config.adapter == "lora" else self.model
+        if self.config.adapter == "lora":
+            if self.step > 0 and not any(bool(p.detach().ne(0).any())
+                                         for name, p in self.trainable().items()
+                                         if "lora_B" in name):
+                raise UserError(f"{self.config.method} trained nothing: every LoRA adapter is "
+                                "still zero after training (no gradient reached them).")
+            model = self.model.merge_and_unload()
+        else:
+            model = self.model
         model.requires_grad_(False)
         return model.eval()
 
@@ -234,6 +294,10 @@ class Recipe:
 
     def __init__(self, config: RecipeConfig):
         self.config = config
+
+    def trained_blocks(self, layers: list[int], n_layers: int) -> int:
+        """How many blocks, from the first, the loss depends on (LoRA adapts those)."""
+        return n_layers
 
     def setup(self, run: Run) -> dict[str, Any]:
         return {}
@@ -302,7 +366,8 @@ def run_recipe(
             {"config": config.as_dict(), "data": data.fingerprint(),
              "weights": target.weight_hash, "code": source_digest()}, sort_keys=True,
             default=list).encode()).hexdigest()
-        run = Run(target, data, config, encoder, needs_reference=recipe.needs_reference)
+        encoder.check_lengths(data)
+        run = Run(target, data, recipe, encoder)
         details = recipe.setup(run)
         params = run.trainable()
         optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate,
@@ -352,6 +417,10 @@ def run_recipe(
                 run.step = step
                 harmful, harmless = run.draw()
                 loss, metrics = recipe.loss(run, harmful, harmless)
+                if not math.isfinite(value := float(loss.detach())):
+                    raise UserError(f"the {config.method} loss is {value:g} at step {step}, so "
+                                    "training stopped; lower the learning rate or load the "
+                                    "model in a wider dtype.")
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
                 optimizer.step()
@@ -369,6 +438,8 @@ def run_recipe(
                 if stop:
                     break
         model = run.finished_model()
+    if run.lora_modules:
+        details = {**details, "lora_modules": run.lora_modules}
     result = TrainResult(config.method, config.as_dict(), run.layers, done, start,
                          time.perf_counter() - started, metrics, details)
     return model, result

@@ -64,6 +64,8 @@ def load_behaviour_data(path: str | Path, refusal: str = DEFAULT_REFUSAL) -> Beh
     `request`, `response` (the refusal for harmful rows, default `refusal`; the answer to keep
     for harmless rows) and `completion` (a harmful row's harmful answer, optional)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"behaviour data {path} is a folder; give a .jsonl, .csv or .tsv file.")
     if not path.is_file():
         raise UserError(f"behaviour data file {path} does not exist.")
     if path.suffix == ".jsonl":
@@ -119,6 +121,20 @@ class ChatEncoder:
             self._answers[text] = self.target.tokenizer(text, add_special_tokens=False)[
                 "input_ids"] + [self.end]
         return self._answers[text]
+
+    def check_lengths(self, data: BehaviourData) -> None:
+        """Refuse, before any training, data with a conversation longer than the context."""
+        limit = self.target.context_length
+        if limit is None:
+            return
+        pairs = [(e.request, answer) for e in data.harmful for answer in (e.refusal, e.completion)]
+        pairs += [(e.request, e.answer) for e in data.harmless]
+        for request, answer in pairs:
+            width = len(self.prompt(request)) + len(self.answer(answer))
+            if width > limit:
+                raise UserError(f"a training conversation is {width} tokens long, more than the "
+                                f"{limit}-token context of {self.target.name!r} (the request "
+                                f"starting {request[:40]!r}).")
 
     def batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
         rows = [(self.prompt(request), self.answer(answer)) for request, answer in pairs]

@@ -79,9 +79,6 @@ class Refat(Recipe):
         self.fitted_at = 0
 
     def setup(self, run: Run) -> dict[str, Any]:
-        from alignparadox.hooks import residual_layout
-
-        residual_layout(run.inner).require("stream")
         return {"ablated_layers": run.layers}
 
     def loss(self, run: Run, harmful: list, harmless: list) -> tuple[torch.Tensor, dict]:

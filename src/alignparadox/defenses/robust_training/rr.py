@@ -86,10 +86,12 @@ def retain_distance(new: dict[int, torch.Tensor], old: dict[int, torch.Tensor],
 class RR(Recipe):
     needs_reference = True
 
-    def setup(self, run: Run) -> dict[str, Any]:
-        from alignparadox.hooks import residual_layout
+    def trained_blocks(self, layers: list[int], n_layers: int) -> int:
+        # Both losses read the stream at `layers` only: blocks after the last one get no
+        # gradient, so LoRA adapts the blocks up to it.
+        return max(layers)
 
-        residual_layout(run.inner).require("stream")
+    def setup(self, run: Run) -> dict[str, Any]:
         return {"rerouted_layers": run.layers}
 
     def loss(self, run: Run, harmful: list, harmless: list) -> tuple[torch.Tensor, dict]:
