@@ -53,8 +53,14 @@ def study_spec(family, *, quick: bool = True) -> StudySpec:
         {"name": "bon_defense", "settings": {
             **requests, "reference": str(family.members[0].path), "n": size(2, 8),
             "n_requests": size(3, 16), "n_harmless": size(2, 16), "n_templates": size(1, 4),
-            "attacks": size(["direct"], ["direct", "bon_augment", "templates"]),
-            "sweep": not quick, "max_new_tokens": size(24, 40)}},
+            "attacks": size(["direct", "steering"], ["direct", "bon_augment", "templates",
+                                                     "gcg", "pair", "steering"]),
+            "adaptive": size(["bon_augment"], ["pair", "bon_augment"]),
+            "n_adaptive": size(2, 8), "adaptive_bon_n": size(2, 8), "gcg_requests": size(1, 4),
+            "gcg_steps": size(2, 20), "steering_alphas": size([1.0], [0.5, 1.0, 2.0]),
+            # The family's files hold no XSTest-style prompts (the random-model test of
+            # test_defense_bon measures over-refusal on XSTest itself).
+            "over_refusal": "none", "sweep": not quick, "max_new_tokens": size(24, 40)}},
     ]
     return StudySpec.from_dict({"name": "second-family", "targets":
                                 [str(member.path) for member in family.members],

@@ -72,7 +72,7 @@ def bon(
         "temperature": temperature, "top_p": top_p, "layer": parse_layer(layer),
         "attacks": _names(attacks), "adaptive": _names(adaptive), "n_adaptive": n_adaptive,
         "gcg_steps": gcg_steps, "gcg_requests": gcg_requests,
-        "over_refusal": None if over_refusal == "none" else over_refusal,
+        "over_refusal": over_refusal,
         "n_requests": n_requests, "n_harmless": n_harmless, "behaviours": behaviours,
         "harmful": harmful, "harmless": harmless, "judge": judge, "sigma": sigma,
         "sweep": sweep, "max_new_tokens": max_new_tokens, "batch_size": batch_size}

@@ -87,7 +87,7 @@ def check_settings(settings: dict[str, Any]) -> None:
 
         Augmentation.from_sigma(settings["sigma"])
     over_refusal = settings["over_refusal"]
-    if over_refusal not in (None, "auto"):
+    if over_refusal not in ("none", "auto"):
         from alignparadox.datasets.behaviours import check_source
 
         check_source(over_refusal, "over_refusal")
@@ -107,11 +107,12 @@ def attack_settings(settings: dict[str, Any]):
         max_new_tokens=settings["max_new_tokens"])
 
 
-def over_refusal_prompts(spec: str | None, n: int, seed: int) -> tuple[Any, str | None]:
-    """(safe prompts that look unsafe, or None; why not, when `auto` found none here)."""
+def over_refusal_prompts(spec: str, n: int, seed: int) -> tuple[Any, str | None]:
+    """(safe prompts that look unsafe, or None; why not, when `auto` found none here);
+    `none` measures no over-refusal."""
     from alignparadox.datasets.behaviours import load_requests
 
-    if spec is None:
+    if spec == "none":
         return None, None
     try:
         return load_requests("xstest" if spec == "auto" else spec, "harmless").sample(n, seed), \
