@@ -326,6 +326,10 @@ def test_measurement_is_registered_and_checks_its_settings(organism_family):
     measurement = get_measurement("bon_defense")
     good = {**measurement.defaults, "reference": "organism:base"}
     measurement.check(Cell("organism:aligned-3", "bon_defense", good, 0))
+    # A study over a whole family leaves out the member that is its own reference.
+    cells = measurement.cells(["organism:base", "organism:aligned-3"],
+                              {"reference": "organism:base"}, {}, 0)
+    assert [cell.target for cell in cells] == ["organism:aligned-3"]
     for bad, match in [({"reference": None}, "needs reference"), ({"n": 0}, "at least 1"),
                        ({"layer": 1.5}, "relative"), ({"attacks": ["autodan"]}, "attacks"),
                        ({"adaptive": ["gcg"]}, "adaptive"), ({"gcg_steps": 0}, "gcg_steps"),

@@ -147,6 +147,12 @@ class BestOfNDefenseMeasurement(Measurement):
                 "over_refusal": "auto", "n_over_refusal": 32, "sweep": True,
                 "batch_size": 32}
 
+    def cells(self, targets, settings, grid, seed) -> list[Cell]:
+        """Every cell but those whose target is its own reference (the pre-alignment model
+        itself, as when a study runs on a whole family: every candidate's similarity is 1)."""
+        return [cell for cell in super().cells(targets, settings, grid, seed)
+                if cell.target != cell.settings["reference"]]
+
     def check(self, cell: Cell) -> None:
         from alignparadox.judges.registry import check_judge
         from alignparadox.targets import check_target
