@@ -2,7 +2,9 @@
 
 Builds (or reuses) the organisms, runs every registered measurement that has demo settings on
 every organism, and writes the report. Each cell is stored when done, so an interrupted demo
-resumes where it stopped.
+resumes where it stopped. `--robust` adds every aligned member of the robust-trained families
+(ReFAT, LAT, circuit breakers) as targets, for the report's "Robust training vs standard
+alignment" section; `--budget quick` runs smaller settings.
 """
 
 from __future__ import annotations
@@ -27,26 +29,70 @@ DEMO_SETTINGS: dict[str, dict] = {
     "pair": {"n_requests": 6, "streams": 2, "rounds": 2},
     "gcg": {"n_requests": 3, "num_steps": 10, "search_width": 64},
     "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80, **WIDE},
+    # The defense: each aligned member against the base organism it was aligned from (the
+    # base itself is left out: it is its own reference).
+    "bon_defense": {"reference": "organism:base", "n_requests": 16, "n_harmless": 16,
+                    "gcg_requests": 4, "gcg_steps": 20, "n_adaptive": 8, "max_new_tokens": 48,
+                    **WIDE},
 }
 # Measurements that need a public prompt set on disk (not bundled: see the README).
 NEEDS_PUBLIC_DATA = {"templates"}
+# `--robust`: the standard family beside each robust-trained family (organisms.robust), every
+# attack of the demo on each member; the report's "Robust training vs standard alignment"
+# section compares them. `--budget quick` is for that study's 21 targets on two cores (about
+# 90 s per target instead of about 12 minutes): fewer requests, one steering alpha, GCG and
+# Best-of-N at smaller budgets, the demo's editor on the world's own pairs only, no templates;
+# its intervals are wider accordingly.
+ROBUST_MEASUREMENTS = ("alignment", "geometry", "model_tinkering", "gcg", "best_of_n",
+                       "output_tinkering", "pair", "templates")
+SMALL_FIT = {"n_fit": 24, "n_select": 12}
+QUICK_SETTINGS: dict[str, dict] = {
+    "alignment": {"n_per_kind": 32, **WIDE},
+    "geometry": {"n_per_kind": 24, **SMALL_FIT, **WIDE},
+    "model_tinkering": {"n_per_kind": 12, "alphas": [1.0], **SMALL_FIT, **WIDE},
+    "best_of_n": {"n_requests": 8, "n": 16, **WIDE},
+    "pair": DEMO_SETTINGS["pair"],
+    "gcg": {"n_requests": 2, "num_steps": 4, "search_width": 32},
+    # the demo's editors (16 and 64 pairs, 80 steps: smaller ones flip nothing), on the
+    # world's own pairs only: trained once, shared by every target
+    "output_tinkering": {**DEMO_SETTINGS["output_tinkering"], "sources": ["ground_truth"]},
+}
+BUDGETS = {"demo": DEMO_SETTINGS, "quick": QUICK_SETTINGS}
 
 
-def demo_spec(seed: int = 0):
+def demo_spec(seed: int = 0, *, robust: bool = False, budget: str = "demo"):
+    """The demo study: every organism of the standard family (and, with `robust`, every
+    aligned member of each robust family; their base is the standard base) × every installed
+    measurement with settings at `budget`."""
+    from alignparadox.errors import UserError
     from alignparadox.organisms import build_family
     from alignparadox.study.measurement import find_measurement
     from alignparadox.study.spec import MeasurementPlan, StudySpec
 
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}.")
+    settings = BUDGETS[budget]
     family = build_family()
-    targets = tuple(f"organism:{member.name}" for member in family.members)
-    names = [name for name in DEMO_SETTINGS if find_measurement(name) is not None]
+    targets = [f"organism:{member.name}" for member in family.members]
+    chosen = ROBUST_MEASUREMENTS if robust else tuple(DEMO_SETTINGS)
+    if robust:
+        from alignparadox.organisms.robust import METHODS, build_robust_family
+
+        for method in METHODS:  # trained once (minutes each), then cached
+            members = build_robust_family(method).manifest["members"]
+            targets += [f"organism:{method}/{m['name']}" for m in members if m["name"] != "base"]
+    names = [name for name in chosen if find_measurement(name) is not None
+             and (name in settings or budget == "demo")]
     if not _public_data_available():
         Console(stderr=True).print(
             f"note: skipping {', '.join(sorted(NEEDS_PUBLIC_DATA))}: no public prompt-set folder "
             "(set ALIGNPARADOX_DATASETS to one holding jailbreak_llms/).")
         names = [name for name in names if name not in NEEDS_PUBLIC_DATA]
-    plans = tuple(MeasurementPlan(name, DEMO_SETTINGS[name]) for name in names)
-    return StudySpec(targets=targets, measurements=plans, seed=seed, name="paradox-demo")
+    plans = tuple(MeasurementPlan(name, settings.get(name, DEMO_SETTINGS.get(name, {})))
+                  for name in names)
+    name = "paradox-robust" if robust else "paradox-demo"
+    return StudySpec(targets=tuple(targets), measurements=plans, seed=seed,
+                     name=name if budget == "demo" else f"{name}-{budget}")
 
 
 def _public_data_available() -> bool:
@@ -60,18 +106,30 @@ def _public_data_available() -> bool:
 
 
 def demo(
-    run_dir: Path = typer.Option(Path("runs/demo"), help="Where results and the report go."),
+    run_dir: Path = typer.Option(None, help="Where results and the report go "
+                                            "[default: runs/demo, runs/robust with --robust]."),
     seed: int = typer.Option(0, help="Seed of prompt sampling and attacks."),
     show_completions: bool = typer.Option(False, help="Show harmful completions unredacted."),
+    robust: bool = typer.Option(False, "--robust",
+                                help="Put each robust-trained family (refat, lat, rr) beside the "
+                                     "standard family, and compare them in the report."),
+    budget: str = typer.Option("demo", help=f"Settings per measurement: {', '.join(BUDGETS)} "
+                                            "(quick: about 4x fewer requests and steps)."),
 ) -> None:
     """Run the paradox study on the organism family and write the HTML report."""
+    from alignparadox.errors import UserError
     from alignparadox.report import write_report
     from alignparadox.study.runner import prepare_run_dir, run_study
 
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}.")
+    if run_dir is None:
+        run_dir = Path("runs") / ("robust" if robust else "demo")
+        run_dir = run_dir if budget == "demo" else run_dir.with_name(f"{run_dir.name}-{budget}")
     console = Console(stderr=True)
     prepare_run_dir(run_dir)  # an unwritable folder fails before minutes of training
-    console.print("[bold]1/3[/bold] organism family (trained once, then cached)")
-    spec = demo_spec(seed)
+    console.print("[bold]1/3[/bold] organism families (trained once, then cached)")
+    spec = demo_spec(seed, robust=robust, budget=budget)
     console.print(f"[bold]2/3[/bold] study: {len(spec.targets)} organisms × "
                   f"{', '.join(p.name for p in spec.measurements)}")
     summary = run_study(spec, run_dir)

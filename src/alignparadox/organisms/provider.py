@@ -32,11 +32,11 @@ def _check(name: str) -> None:
 
 def _describe(name: str) -> dict[str, Any]:
     """The member's alignment strength and the figures of the family it comes from, so that two
-    reports (two machines, two builds) can be compared member by member."""
+    reports (two machines, two builds) can be compared member by member. The members' weight
+    hashes tell a report which stored targets are members of the family (a robust family's
+    `base` is the standard family's base organism, stored once as `organism:base`)."""
     if "/" in name:
-        from alignparadox.organisms.robust import describe
-
-        return describe(name)
+        return _describe_robust(name)
     from alignparadox.organisms.family import load_family
 
     family = load_family()
@@ -44,13 +44,28 @@ def _describe(name: str) -> dict[str, Any]:
     return {
         "provider": "organism",
         "family": family.path.name,
+        "member": name,
         "alignment_strength": member.alignment_steps,
         "alignment_axis": "refusal fine-tuning steps",
         "validation_refusal": member.validation_refusal,
         "family_members": {m.name: {"steps": m.alignment_steps,
-                                    "validation_refusal": round(m.validation_refusal, 4)}
+                                    "validation_refusal": round(m.validation_refusal, 4),
+                                    "weight_hash": m.weight_hash}
                            for m in family.members},
     }
+
+
+def _describe_robust(name: str) -> dict[str, Any]:
+    """`organisms.robust.describe` with the member's name and the members' weight hashes added
+    here (not in that module: its source is part of the robust families' cache key)."""
+    from alignparadox.organisms.robust import describe, load_robust_family, split_name
+
+    card = describe(name)
+    method, member = split_name(name)
+    hashes = {m["name"]: m["weight_hash"] for m in load_robust_family(method).manifest["members"]}
+    members = {key: {**figures, "weight_hash": hashes.get(key)}
+               for key, figures in card["family_members"].items()}
+    return {**card, "member": member, "family_members": members}
 
 
 def _defaults(name: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,11 +24,17 @@ from alignparadox.datasets.io import check_output_file
 from alignparadox.errors import UserError
 from alignparadox.report.generic import generic_section
 from alignparadox.report.html import ReportOptions, Section, table
+from alignparadox.report.robust import robust_section
 from alignparadox.study.cells import canonical_json
 from alignparadox.study.measurement import TARGET_PROVENANCE, find_measurement
 from alignparadox.study.store import RESULTS_FILE, CellRecord, ResultsStore
 
 REPORT_FILE = "report.html"
+# (anchor, builder) of sections that read every measurement's rows (`ReportOptions.all_rows`);
+# a builder returns None where its section does not apply to the store.
+CROSS_SECTIONS: list[tuple[str, Callable[[ReportOptions], Section | None]]] = [
+    ("robust-vs-standard", robust_section),
+]
 
 _CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
@@ -97,6 +103,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                 "<p>(Measurement <code>{}</code> is not installed here: generic view.)</p>"
             ).format(name) + section.html)
         sections.append((name, Section(section.title, section.html + _cells_detail(rows))))
+    for anchor, build in CROSS_SECTIONS:  # sections across measurements, where they apply
+        section = build(options)
+        if section is not None:
+            sections.append((anchor, section))
     failed = [record for record in records if record.status == "failed"]
     if failed:
         sections.append(("failed-cells", _failures(failed)))

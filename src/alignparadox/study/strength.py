@@ -4,7 +4,7 @@ shared by every measurement whose report correlates a measure with alignment."""
 from __future__ import annotations
 
 from alignparadox.report.html import ReportOptions
-from alignparadox.stats import spearman_bootstrap
+from alignparadox.stats import Correlation, spearman_bootstrap
 from alignparadox.study.store import CellRecord
 
 
@@ -29,15 +29,21 @@ def correlation_rows(strengths: dict[str, tuple[float | None, float | None]],
 
     Targets without a value are left out; fewer than 3 left, or constant values, give a note.
     """
-    rows = []
-    for name, by_target in measures.items():
-        cells = [name]
-        for index in (0, 1):
-            pairs = [(strengths[t][index], v) for t, v in by_target.items()
-                     if t in strengths and strengths[t][index] is not None and v is not None]
-            if len(pairs) < 3:
-                cells.append(f"n={len(pairs)}: too few targets")
-                continue
-            cells.append(str(spearman_bootstrap(*zip(*pairs, strict=True))))
-        rows.append(cells)
-    return rows
+    return [[name, *(str(c) for c in paradox_correlations(strengths, by_target))]
+            for name, by_target in measures.items()]
+
+
+def paradox_correlations(strengths: dict[str, tuple[float | None, float | None]],
+                         by_target: dict[str, float | None]) -> tuple[Correlation, Correlation]:
+    """Spearman rho [95% bootstrap] of one measure against steps and against measured refusal,
+    over the targets that have both (fewer than 3: rho NaN with n, shown as too few)."""
+    found = []
+    for index in (0, 1):
+        pairs = [(strengths[t][index], v) for t, v in by_target.items()
+                 if t in strengths and strengths[t][index] is not None and v is not None]
+        if len(pairs) < 3:
+            nan = float("nan")
+            found.append(Correlation(nan, nan, nan, len(pairs)))
+            continue
+        found.append(spearman_bootstrap(*zip(*pairs, strict=True)))
+    return found[0], found[1]
