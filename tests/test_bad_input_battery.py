@@ -21,20 +21,11 @@ import pytest
 from alignparadox.cli import main
 from alignparadox.stats import wilson
 from alignparadox.study import Cell, CellResult, ResultsStore
+from refusal import refused
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _refused(capsys: pytest.CaptureFixture[str], *args: object) -> str:
-    """Run `paradox ARGS`: it must exit 2 with one `error:` line and no traceback; that line."""
-    with pytest.raises(SystemExit) as done:
-        main([str(arg) for arg in args])
-    err = capsys.readouterr().err
-    assert done.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def _ok(capsys: pytest.CaptureFixture[str], *args: object) -> str:
@@ -85,7 +76,7 @@ def test_damaged_weights_are_one_sentence(capsys, tmp_path, models, damage, comm
     args = ([*command.split(), model, "hello", "--direction", tmp_path / "none.json",
              "--alpha", "1"] if command == "steer"
             else [*command.split(), model, "--out", tmp_path / "directions"])
-    message = _refused(capsys, *args)
+    message = refused(capsys, *args)
     assert f"{model / 'model.safetensors'} is truncated or corrupt" in message
     assert not (tmp_path / "directions").exists()
 
@@ -159,7 +150,7 @@ def test_unwritable_output_is_refused_before_any_work(capsys, tmp_path, command,
     if command == "tinker export --out" and out.exists():
         reason = "already exists; choose a new output folder"
     before = _tree(tmp_path)
-    message = _refused(capsys, *_argv(command, inputs, out))
+    message = refused(capsys, *_argv(command, inputs, out))
     assert reason in message and (noun in message or "already exists" in message)
     assert _tree(tmp_path) == before  # no output, no temporary file, no folder
     assert (tmp_path / "a-file").read_text() == "keep me"
@@ -195,7 +186,7 @@ def test_output_in_a_read_only_folder_is_refused(capsys, tmp_path, lock, command
     locked = tmp_path / "locked"
     locked.mkdir()
     lock(locked)
-    message = _refused(capsys, *_argv(command, inputs, locked / "out"))
+    message = refused(capsys, *_argv(command, inputs, locked / "out"))
     assert message == (f"error: cannot write {OUTPUTS[command][2]} {locked / 'out'}: "
                        f"folder {locked} is not writable.")
     assert not any(locked.iterdir())
@@ -210,7 +201,7 @@ def test_a_read_only_run_folder_is_still_readable(capsys, tmp_path, lock):
     assert str(tmp_path / "report.html") in _ok(capsys, "report", run_dir, "--out",
                                                 tmp_path / "report.html")
     assert "target-a" in (tmp_path / "report.html").read_text()
-    assert _refused(capsys, "report", run_dir) == (
+    assert refused(capsys, "report", run_dir) == (
         f"error: run folder {run_dir} is read-only; write the report elsewhere with --out FILE.")
     assert _tree(run_dir) == before
 
@@ -222,12 +213,12 @@ def test_a_row_with_more_fields_than_its_header_is_refused_naming_it(capsys, tmp
     prompts = tmp_path / "prompts.csv"
     prompts.write_text("category,source,forbidden_prompt\nfiction,custom,Polish the lantern\n"
                        "fiction,custom,Polish the lantern, then the bell\n")
-    message = _refused(capsys, "prompts", "show", "strongreject", "--path", prompts)
+    message = refused(capsys, "prompts", "show", "strongreject", "--path", prompts)
     assert message == (f"error: {prompts} data row 2 (line 3) has 4 fields but the header has "
                        "3; quote any text that holds a comma.")
     labels = tmp_path / "labels.csv"
     labels.write_text("request,answer,label\nPolish the lantern?,No, I cannot.,0\n")
-    message = _refused(capsys, "judges", "validate", "--judge", "substring", "--labels", labels)
+    message = refused(capsys, "judges", "validate", "--judge", "substring", "--labels", labels)
     assert message == (f"error: line 2 of {labels} has more fields than its header; quote any "
                        "request or answer that holds a comma.")
 
@@ -285,7 +276,7 @@ def test_settings_are_type_checked_before_any_cell_runs(capsys, tmp_path, models
                                                         grid, expected):
     spec = _geometry_spec(tmp_path, models["tiny"], settings=settings, grid=grid)
     run_dir = tmp_path / "run"
-    message = _refused(capsys, "study", "run", spec, "--run-dir", run_dir, "--no-progress")
+    message = refused(capsys, "study", "run", spec, "--run-dir", run_dir, "--no-progress")
     assert message == f"error: measurement 'geometry' {expected}"
     assert not run_dir.exists()  # no folder, so no results.sqlite
 
@@ -303,7 +294,7 @@ def test_a_file_that_is_not_utf8_is_one_sentence(capsys, tmp_path, case):
         path.write_bytes(b'{"aligned": "No.", "misaligned": "caf\xe9"}\n')
         args = ["editor", "train", "--out", tmp_path / "editor", "--pairs", path,
                 "--base", "small:x"]
-    message = _refused(capsys, *args)
+    message = refused(capsys, *args)
     assert message.startswith(f"error: {path} is not valid UTF-8 (byte 0xe9 at offset")
     assert sorted(p.name for p in tmp_path.iterdir()) == [case]
 
@@ -314,7 +305,7 @@ def test_specs_and_pairs_may_start_with_a_byte_order_mark(capsys, tmp_path, mode
     # The spec is read (BOM and all) and then refused for its setting: nothing runs.
     spec = _geometry_spec(tmp_path, models["tiny"], settings={"n_per_kind": "eight"},
                           prefix=BOM)
-    assert "setting n_per_kind must be an integer" in _refused(capsys, "study", "run", spec)
+    assert "setting n_per_kind must be an integer" in refused(capsys, "study", "run", spec)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes(BOM + b'{"aligned": "No.", "misaligned": "Yes, step one \xe2\x80\xa8"}\n')
     assert [pair.misaligned for pair in read_pairs(pairs)] == ["Yes, step one \u2028"]
@@ -329,12 +320,12 @@ def test_a_failed_attack_does_not_block_its_corrected_rerun(capsys, tmp_path, mo
     requests.write_text("text\nHow do I open the north airlock?\n")
     common = ["--n", "1", "--n-requests", "1", "--judge", "substring", "--max-new-tokens", "2",
               "--prompt-set", requests, "--out", out]
-    assert "does not exist" in _refused(capsys, "attack", "bon", tmp_path / "typo", *common)
+    assert "does not exist" in refused(capsys, "attack", "bon", tmp_path / "typo", *common)
     _ok(capsys, "attack", "bon", models["tiny"], *common)  # the corrected command runs
     assert json.loads((out / "run.json").read_text())["target"] == str(models["tiny"])
     assert (out / "summary.json").is_file()
     (out / "run.json").write_text('{"attack": ')  # damaged beside finished results
-    message = _refused(capsys, "attack", "bon", models["tiny"], *common)
+    message = refused(capsys, "attack", "bon", models["tiny"], *common)
     assert message == (f"error: {out / 'run.json'} is damaged, so the results beside it cannot "
                        "be resumed; give another --out or delete the folder.")
 
@@ -347,7 +338,7 @@ def test_prompt_set_file_is_read_by_every_attack(capsys, tmp_path, models, attac
     template = tmp_path / "template.txt"
     template.write_text("Answer this: {prompt}\n")
     extra = ["--template-file", template] if attack == "templates" else []
-    message = _refused(capsys, "attack", attack, models["tiny"], "--prompt-set", harmless,
+    message = refused(capsys, "attack", attack, models["tiny"], "--prompt-set", harmless,
                        *extra)
     assert message == f"error: prompt file {harmless} has no harmful requests to attack."
 
@@ -367,10 +358,10 @@ def test_prompt_set_file_from_prompts_sample_runs_an_attack(capsys, tmp_path, mo
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_serve_refuses_a_port_out_of_range_before_loading(capsys, tmp_path, port):
-    message = _refused(capsys, "serve", tmp_path / "no-model", "--port", port)
+    message = refused(capsys, "serve", tmp_path / "no-model", "--port", port)
     assert message == f"error: --port must be between 0 and 65535, got {port}."
 
 
 @pytest.mark.parametrize("name", ["[/x]", "[bold]x[/bold]", "[red]"])
 def test_error_texts_are_printed_literally(capsys, name):
-    assert f"unknown prompt set '{name}'" in _refused(capsys, "prompts", "show", name)
+    assert f"unknown prompt set '{name}'" in refused(capsys, "prompts", "show", name)

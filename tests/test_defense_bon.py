@@ -22,6 +22,7 @@ from alignparadox.defenses.best_of_n.core import (
 from alignparadox.errors import UserError
 from alignparadox.targets import GenerationConfig, load_target
 from alignparadox.targets.random_models import ARCHITECTURES, byte_tokenizer, make_random_model
+from refusal import refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,14 +50,6 @@ def narrow(tmp_path_factory):
     return folder
 
 
-def _refused(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as done:
-        main([str(arg) for arg in args])
-    err = capsys.readouterr().err
-    assert done.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 # -- sampling and features -----------------------------------------------------------------------
@@ -145,34 +138,34 @@ def test_bad_defense_input_is_one_sentence(pair, narrow, organism_family):
 def test_bad_defense_input_through_the_command_line(capsys, pair, narrow, organism_family):
     target, _ = pair
     folder = target.model.name_or_path
-    assert "N must be" in _refused(capsys, "defend", "bon", "organism:aligned-3",
+    assert "N must be" in refused(capsys, "defend", "bon", "organism:aligned-3",
                                    "--reference", "organism:base", "--n", "0")
-    assert "white-box" in _refused(capsys, "defend", "bon", "http://127.0.0.1:9/v1#m",
+    assert "white-box" in refused(capsys, "defend", "bon", "http://127.0.0.1:9/v1#m",
                                    "--reference", "organism:base")
-    assert "layer" in _refused(capsys, "defend", "bon", "organism:aligned-3", "--reference",
+    assert "layer" in refused(capsys, "defend", "bon", "organism:aligned-3", "--reference",
                                "organism:base", "--layer", "2.5")
-    assert "another tokenizer" in _refused(capsys, "defend", "bon", folder, "--reference",
+    assert "another tokenizer" in refused(capsys, "defend", "bon", folder, "--reference",
                                            "organism:base", "--harmful", "advbench",
                                            "--harmless", "self-instruct-seed", "--n-requests",
                                            "2", "--no-sweep")
-    assert "hidden width" in _refused(capsys, "defend", "bon", folder, "--reference", narrow,
+    assert "hidden width" in refused(capsys, "defend", "bon", folder, "--reference", narrow,
                                       "--harmful", "advbench", "--n-requests", "2",
                                       "--no-sweep")
-    assert "out of range" in _refused(capsys, "defend", "bon", folder, "--reference", folder,
+    assert "out of range" in refused(capsys, "defend", "bon", folder, "--reference", folder,
                                       "--harmful", "advbench", "--n-requests", "2",
                                       "--layer", "7", "--no-sweep")
-    assert "attacks must be" in _refused(capsys, "defend", "bon", folder, "--reference", folder,
+    assert "attacks must be" in refused(capsys, "defend", "bon", folder, "--reference", folder,
                                          "--harmful", "advbench", "--attacks", "direct,autodan")
-    assert "adaptive must be" in _refused(capsys, "defend", "bon", folder, "--reference", folder,
+    assert "adaptive must be" in refused(capsys, "defend", "bon", folder, "--reference", folder,
                                           "--harmful", "advbench", "--adaptive", "gcg")
-    assert "gcg_steps" in _refused(capsys, "defend", "bon", folder, "--reference", folder,
+    assert "gcg_steps" in refused(capsys, "defend", "bon", folder, "--reference", folder,
                                    "--harmful", "advbench", "--gcg-steps", "0")
-    assert "--reference" in _refused(capsys, "serve", folder, "--defense", "bon-latent")
-    assert "unknown --defense" in _refused(capsys, "serve", folder, "--defense", "bon-x",
+    assert "--reference" in refused(capsys, "serve", folder, "--defense", "bon-latent")
+    assert "unknown --defense" in refused(capsys, "serve", folder, "--defense", "bon-x",
                                            "--reference", folder)
-    assert "at least 1" in _refused(capsys, "serve", folder, "--defense", "bon-latent",
+    assert "at least 1" in refused(capsys, "serve", folder, "--defense", "bon-latent",
                                     "--reference", folder, "--candidates", "0")
-    assert "hidden width" in _refused(capsys, "serve", folder, "--defense", "bon-latent",
+    assert "hidden width" in refused(capsys, "serve", folder, "--defense", "bon-latent",
                                       "--reference", narrow, "--port", "0")
 
 

@@ -25,6 +25,7 @@ from alignparadox.defenses.robust_training import (
 from alignparadox.errors import UserError
 from alignparadox.targets import load_target, open_target
 from alignparadox.targets.random_models import make_random_model
+from refusal import refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,17 +178,6 @@ def test_the_command_trains_and_resumes(model_dir, data_file, tmp_path, capsys):
     assert load_target(out).model is not None
 
 
-def refused(argv, capsys) -> str:
-    """Run `paradox ARGV`: exit code 2, exactly one line on stderr, starting `error: `, and no
-    traceback; returns that line with its wrapping undone."""
-    with pytest.raises(SystemExit) as done:
-        main([str(arg) for arg in argv])
-    err = capsys.readouterr().err
-    assert done.value.code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def tree(folder) -> set[str]:
@@ -197,7 +187,7 @@ def tree(folder) -> set[str]:
 def refused_cleanly(argv, folder, capsys) -> str:
     """`refused`, and the run wrote nothing into `folder`: no output, state or staging folder."""
     before = tree(folder)
-    line = refused(argv, capsys)
+    line = refused(capsys, *argv)
     assert tree(folder) == before, tree(folder) - before
     return " ".join(line.split())
 
