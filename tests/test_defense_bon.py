@@ -74,6 +74,27 @@ def test_states_read_while_decoding_equal_a_full_forward(pair):
     assert [a.token_ids for a in plain.answers[:3]] == [a.token_ids for a in candidates.of(0)]
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_prompts_fed_once_give_the_states_of_a_full_forward(architecture, tmp_path):
+    """Each prompt prefilled once and its cache shared by its N answers reads the same states
+    as a forward of every prompt + answer, with answers of different lengths (one empty)."""
+    import dataclasses
+
+    target = load_target(make_random_model(architecture, tmp_path / "m", seed=0))
+    prompts = [target.token_ids("hi"), target.token_ids("a somewhat longer request"),
+               target.token_ids("x")]
+    candidates = sample_candidates(target, prompts, BestOfNConfig(n=3, max_new_tokens=6,
+                                                                  batch_size=6))
+    candidates.answers = [dataclasses.replace(answer, token_ids=answer.token_ids[:row % 7])
+                          for row, answer in enumerate(candidates.answers)]
+    last = target.model.config.num_hidden_layers
+    full = core._stream_states(target, [p + a for p, a in candidates.rows()], [1, last], 4)
+    shared = core._candidate_states(target, candidates, [1, last], 4)
+    for layer in (1, last):
+        assert shared[layer].shape == full[layer].shape == (9, target.model.config.hidden_size)
+        assert torch.allclose(shared[layer], full[layer], atol=1e-4, rtol=1e-4)
+
+
 def test_token_statistics_match_a_forward_of_each_candidate_alone(pair):
     target, reference = pair
     candidates = sample_candidates(target, [target.token_ids("hello")],

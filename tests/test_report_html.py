@@ -129,10 +129,10 @@ def content_hash_prefix(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def test_report_has_provenance_and_one_section_per_measurement_in_order(run_dir):
+def test_report_has_one_section_per_measurement_in_order_and_provenance_last(run_dir):
     html = write_report(run_dir).read_text()
     positions = [html.index(f'<section id="{anchor}">')
-                 for anchor in ("provenance", "refusals", "tally", "retired", "failed-cells")]
+                 for anchor in ("refusals", "tally", "retired", "failed-cells", "provenance")]
     assert positions == sorted(positions)
     assert "Refusal against strength" in html and "data:image/png;base64," in html
     assert "(Measurement <code>retired</code> is not installed here" in html

@@ -1,8 +1,9 @@
 """Peer tools' exact requests, replayed against `paradox serve` on an organism.
 
-garak, PyRIT and Inspect are too heavy to install in CI's time, so each fixture in
-tests/fixtures/ holds the request bodies the real tool sent to `paradox serve` (captured once by a
-recording proxy; the tool versions and settings are in each file). The README gives the recipes.
+garak and PyRIT are too heavy to install in CI's time, so each fixture in tests/fixtures/ holds
+the request bodies the real tool sent to `paradox serve` (captured once by a recording proxy; the
+tool versions and settings are in each file). The README gives the recipes. Inspect (a dev
+dependency) and, where installed, PyRIT also run for real in test_serve_peer_clients.py.
 """
 
 from __future__ import annotations

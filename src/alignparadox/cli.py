@@ -41,6 +41,7 @@ COMMAND_GROUPS: list[tuple[str, str, str]] = [
 # (module, attribute): single commands registered at top level (e.g. `paradox demo`).
 TOP_LEVEL_COMMANDS: list[tuple[str, str]] = [
     ("alignparadox.demo", "demo"),
+    ("alignparadox.audit", "audit"),
     ("alignparadox.targets.serve", "serve"),
     ("alignparadox.report.commands", "report"),
     ("alignparadox.attacks.model_tinkering.commands", "steer"),

@@ -90,3 +90,81 @@ def spearman_bootstrap(x, y, *, resamples: int = 2000, seed: int = 0) -> Correla
     draws = (rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
     low, high = np.percentile(draws, [2.5, 97.5])
     return Correlation(rho, float(low), float(high), n)
+
+
+@dataclass(frozen=True)
+class PooledCorrelation(Correlation):
+    """Spearman's rho pooled over strata (alignment axes), with a cluster-bootstrap interval.
+
+    `rho` is the mean of the per-stratum rhos weighted by their numbers of points; `resampled`
+    says what the bootstrap drew first: "families" (clusters, e.g. the seeds of an axis) where
+    a stratum has two or more, else "targets" (single points)."""
+
+    strata: int = 1
+    resampled: str = "targets"
+
+
+def pooled_spearman(x, y, clusters, strata, *, resamples: int = 2000,
+                    seed: int = 0) -> PooledCorrelation:
+    """Spearman's rho of x and y within each stratum, pooled, with a 95% interval from a
+    stratified two-stage cluster bootstrap: each draw resamples, within every stratum, its
+    clusters with replacement and then the points of each drawn cluster (so both the spread
+    between seeds and the noise within a family widen the interval; a stratum of one cluster
+    is an ordinary bootstrap over its points), and pools the strata's rhos as the point
+    estimate does. Strata with fewer than three points, or with no
+    variation, are left out; a draw whose ranks are constant in a stratum drops that stratum."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    groups: list[list[np.ndarray]] = []  # per usable stratum, the point indices of each cluster
+    whole: list[np.ndarray] = []
+    for stratum in dict.fromkeys(strata):
+        members = np.array([i for i, s in enumerate(strata) if s == stratum])
+        if len(members) < 3 or np.ptp(x[members]) == 0 or np.ptp(y[members]) == 0:
+            continue
+        names = dict.fromkeys(clusters[i] for i in members)
+        if len(names) >= 2:
+            groups.append([np.array([i for i in members if clusters[i] == name])
+                           for name in names])
+        else:
+            groups.append([np.array([i]) for i in members])
+        whole.append(members)
+    n = int(sum(len(m) for m in whole))
+    by_family = any(len(g) < len(m) for g, m in zip(groups, whole, strict=True))
+    resampled = "families" if by_family else "targets"
+    if not whole:
+        nan = float("nan")
+        return PooledCorrelation(nan, nan, nan, len(x), 0, resampled)
+
+    rng = np.random.default_rng(seed)
+    rhos = np.full((len(groups), resamples + 1), np.nan)  # column 0: the observed points
+    sizes = np.zeros_like(rhos)
+    for g, (group, members) in enumerate(zip(groups, whole, strict=True)):
+        drawn = [members] + [np.concatenate([
+            cluster[rng.integers(0, len(cluster), len(cluster))]
+            for cluster in (group[j] for j in rng.integers(0, len(group), len(group)))])
+            for _ in range(resamples)]
+        lengths = np.array([len(d) for d in drawn])
+        sizes[g] = lengths
+        for length in np.unique(lengths):  # draws of one length are ranked together
+            which = np.flatnonzero(lengths == length)
+            rhos[g, which] = _spearman_rows(x[np.stack([drawn[i] for i in which])],
+                                            y[np.stack([drawn[i] for i in which])])
+    weights = np.where(np.isnan(rhos), 0, sizes)
+    total = weights.sum(0)
+    pooled = (np.nan_to_num(rhos) * weights).sum(0) / np.where(total > 0, total, 1)
+    rho = float(pooled[0])  # every kept stratum varies, so the observed points have a rho
+    draws = pooled[1:][total[1:] > 0]
+    low, high = (np.percentile(draws, [2.5, 97.5]) if len(draws) else (float("nan"),) * 2)
+    return PooledCorrelation(rho, float(low), float(high), n, len(whole), resampled)
+
+
+def _spearman_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair (average ranks for ties); NaN where a row is constant."""
+    from scipy import stats as scipy_stats
+
+    rx = scipy_stats.rankdata(xs, axis=1)
+    ry = scipy_stats.rankdata(ys, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    scale = np.sqrt((rx**2).sum(1) * (ry**2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(scale > 0, (rx * ry).sum(1) / np.where(scale > 0, scale, 1), np.nan)

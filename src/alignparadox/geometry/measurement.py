@@ -45,7 +45,12 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
-from alignparadox.study.strength import alignment_strengths, correlation_rows
+from alignparadox.study.strength import (
+    SUCCESS,
+    ParadoxMeasure,
+    alignment_strengths,
+    correlation_rows,
+)
 from alignparadox.targets.providers import alignment_strength
 
 MIN_GROUP = 4  # separability holds out 30% of each group: fewer leaves nothing to test on
@@ -162,6 +167,13 @@ class Geometry(Measurement):
                                        harmless.name: harmless.sha256,
                                        **direction.prompt_hashes},
                           judge=judge)
+
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        return [ParadoxMeasure("separability", "aligned vs misaligned states", SUCCESS, {
+            r.target: r.results[definition]["fisher_on_direction"] for r in rows},
+            f"Fisher ratio on the refusal direction ({definition} definition)")
+            for definition in ("request", "behaviour")]
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         strengths = alignment_strengths(rows, options)

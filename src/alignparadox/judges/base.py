@@ -81,3 +81,16 @@ def refusal_openings(judge: Judge) -> tuple[str, ...]:
     if members is not None:
         return tuple(dict.fromkeys(o for member in members for o in refusal_openings(member)))
     return tuple(getattr(judge, "refusal_openings", ()))
+
+
+def sees_harm(judge: Judge) -> bool:
+    """Whether the judge tells harmful from harmless compliance (a judge's optional
+    `sees_harm`, true by default), through caches and ensembles: a refusal-phrase judge calls
+    every non-refusal harmful and can only be scored on refusal detection."""
+    inner = getattr(judge, "inner", None)
+    if inner is not None:
+        return sees_harm(inner)
+    members = getattr(judge, "judges", None)
+    if members is not None:
+        return any(sees_harm(member) for member in members)
+    return bool(getattr(judge, "sees_harm", True))

@@ -35,6 +35,9 @@ POSITIVE_LABELS = frozenset({"1", "true", "yes", "harmful", "unsafe", "harmful_c
 NEGATIVE_LABELS = frozenset({"0", "false", "no", "harmless", "safe", "refusal",
                              "harmless_compliance", "not_harmful", "incoherent"})
 COLUMNS = ("request", "answer", "label")
+# The decisions a judge is validated on.
+HARMFUL_COMPLIANCE = "harmful_compliance"  # a verdict's `success`
+REFUSED = "refused"  # a verdict's `refused`
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Validation:
     false_positives: int
     false_negatives: int
     true_negatives: int
+    decision: str = HARMFUL_COMPLIANCE
 
     @property
     def unparseable(self) -> int:
@@ -73,7 +77,7 @@ class Validation:
     @property
     def disagreements(self) -> list[tuple[LabelledAnswer, Verdict]]:
         return [(row, verdict) for row, verdict in zip(self.rows, self.verdicts, strict=True)
-                if row.harmful != verdict.success]
+                if row.harmful != predicts(verdict, self.decision)]
 
     def metrics(self) -> dict[str, float | int]:
         return {"n": len(self.rows), "accuracy": self.accuracy, "precision": self.precision,
@@ -116,17 +120,25 @@ def read_labels(path: str | Path) -> list[LabelledAnswer]:
     return rows
 
 
-def validate_judge(judge: Judge, rows: list[LabelledAnswer]) -> Validation:
+def predicts(verdict: Verdict, decision: str) -> bool:
+    return verdict.refused if decision == REFUSED else verdict.success
+
+
+def validate_judge(judge: Judge, rows: list[LabelledAnswer], *,
+                   decision: str = HARMFUL_COMPLIANCE) -> Validation:
+    """The judge's agreement with the rows' labels on one decision: harmful compliance (the
+    rows' `harmful` is the label) or, with `decision=REFUSED`, refusal (`harmful` then holds
+    whether the answer is a refusal)."""
     verdicts = judge.judge([row.request for row in rows], [row.answer for row in rows])
     truth = [row.harmful for row in rows]
-    predicted = [verdict.success for verdict in verdicts]
+    predicted = [predicts(verdict, decision) for verdict in verdicts]
     both = [False, True]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         kappa = cohen_kappa_score(truth, predicted, labels=both, replace_undefined_by=math.nan)
     (tn, fp), (fn, tp) = confusion_matrix(truth, predicted, labels=both).tolist()
     return Validation(
-        judge=judge.name, rows=rows, verdicts=verdicts,
+        judge=judge.name, rows=rows, verdicts=verdicts, decision=decision,
         accuracy=float(accuracy_score(truth, predicted)),
         precision=float(precision_score(truth, predicted, zero_division=0)),
         recall=float(recall_score(truth, predicted, zero_division=0)),

@@ -39,6 +39,8 @@ class ReportOptions:
 
     show_completions: bool = False
     all_rows: Mapping[str, list[CellRecord]] = field(default_factory=dict)
+    # The latest study's own `strengths` ({"axis": ..., "values": {target: x}}), if it gave any.
+    strengths: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """`write_report`: one self-contained HTML file for a run folder.
 
-The page holds a provenance summary and then one section per measurement found in the store,
+The page opens with the verdict (`report.verdicts`: does the paradox hold, per attack and
+alignment axis, and the headline figure), then one section per measurement found in the store,
 each drawn by that measurement's own `report_section` (a generic table for measurements that
-are not installed). A Content-Security-Policy forbids scripts and any request leaving the
-file, so even a model output that slipped past escaping could neither run nor phone home.
+are not installed), the sections across measurements, failed cells, and provenance last. A
+Content-Security-Policy forbids scripts and any request leaving the file, so even a model
+output that slipped past escaping could neither run nor phone home.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,9 +28,11 @@ from alignparadox.errors import UserError
 from alignparadox.report.generic import generic_section
 from alignparadox.report.html import ReportOptions, Section, table
 from alignparadox.report.robust import robust_section
+from alignparadox.report.verdicts import verdict_section
 from alignparadox.study.cells import canonical_json
 from alignparadox.study.measurement import TARGET_PROVENANCE, find_measurement
 from alignparadox.study.store import RESULTS_FILE, CellRecord, ResultsStore
+from alignparadox.study.strength import ParadoxMeasure
 
 REPORT_FILE = "report.html"
 # (anchor, builder) of sections that read every measurement's rows (`ReportOptions.all_rows`);
@@ -87,12 +92,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     by_measurement: dict[str, list[CellRecord]] = defaultdict(list)
     for record in done:
         by_measurement[record.measurement].append(record)
-    options = ReportOptions(show_completions=show_completions, all_rows=dict(by_measurement))
+    options = ReportOptions(show_completions=show_completions, all_rows=dict(by_measurement),
+                            strengths=studies[-1]["spec"].get("strengths") if studies else None)
 
-    sections = [("provenance", _provenance(done, studies))]
     measurements = {name: find_measurement(name) for name in by_measurement}
     order = sorted(by_measurement, key=lambda name: (
         measurements[name].order if measurements[name] else 1_000_000, name))
+    measures = [measure for name in order if measurements[name] is not None
+                for measure in _paradox_measures(measurements[name], by_measurement[name],
+                                                 options)]
+    verdict = verdict_section(measures, options)
+    sections = [("verdict", verdict)] if verdict is not None else []
     for name in order:
         rows, measurement = by_measurement[name], measurements[name]
         if measurement is not None:
@@ -110,6 +120,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     failed = [record for record in records if record.status == "failed"]
     if failed:
         sections.append(("failed-cells", _failures(failed)))
+    sections.append(("provenance", _provenance(done, studies)))
 
     title = f"alignparadox report: {run_dir.resolve().name}"
     subtitle = (f"{len(done)} finished cells, {len(by_measurement)} measurements, "
@@ -127,6 +138,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                         css=Markup(_CSS))
     _write_atomically(out, str(page))
     return out
+
+
+def _paradox_measures(measurement, rows: list[CellRecord],
+                      options: ReportOptions) -> list[ParadoxMeasure]:
+    """The measurement's verdict measures; rows of one target under several settings (a grid)
+    are kept apart, each group's measures naming the settings that tell them apart."""
+    groups: dict[str, list[CellRecord]] = defaultdict(list)
+    for row in rows:
+        groups[canonical_json(row.settings)].append(row)
+    if len(groups) == 1 or len({r.target for r in rows}) == len(rows):
+        return measurement.paradox_measures(rows, options)
+    varying = sorted({key for row in rows for key in row.settings
+                      if len({canonical_json(r.settings.get(key)) for r in rows}) > 1})
+    found = []
+    for members in groups.values():
+        label = ", ".join(f"{key}={canonical_json(members[0].settings.get(key))}"
+                          for key in varying)
+        found += [replace(m, detail=f"{m.detail} ({label})")
+                  for m in measurement.paradox_measures(members, options)]
+    return found
 
 
 def _writable(path: Path) -> bool:

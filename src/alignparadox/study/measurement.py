@@ -37,6 +37,7 @@ from alignparadox.study.cells import Cell, canonical_json
 if TYPE_CHECKING:
     from alignparadox.report.html import ReportOptions, Section
     from alignparadox.study.store import Cache, CellRecord
+    from alignparadox.study.strength import ParadoxMeasure
 
 # Packages walked (recursively) for measurement modules; those that do not exist are skipped.
 DISCOVERY_PACKAGES: tuple[str, ...] = (
@@ -156,6 +157,12 @@ class Measurement(ABC):
         from alignparadox.report.generic import generic_section
 
         return generic_section(self.title or self.name, rows, options)
+
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        """How easily each target was misaligned, per attack, for the report's verdict table
+        (`alignparadox.study.strength.ParadoxMeasure`); none by default."""
+        return []
 
 
 # A setting's JSON kind: how one is named in a sentence, and how several are.

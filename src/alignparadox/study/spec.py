@@ -11,6 +11,10 @@
     grid = { temperature = [0.0, 0.7] }         # one cell per value (cartesian product)
     # targets = [...]                           # optional: overrides the study's targets
 
+    [strengths]                                 # optional: alignment strength per target,
+    axis = "checkpoint order"                   # for the report's verdicts (else the
+    values = { "organism:aligned-0" = 0, "organism:aligned-4" = 4 }   # targets' own cards)
+
 Every cell = one target × one grid point; settings a measurement does not declare are refused.
 """
 
@@ -27,7 +31,7 @@ from alignparadox.datasets.io import read_text
 from alignparadox.errors import UserError
 from alignparadox.study.cells import canonical_json
 
-_STUDY_KEYS = {"name", "seed", "targets", "measurements"}
+_STUDY_KEYS = {"name", "seed", "targets", "measurements", "strengths"}
 _MEASUREMENT_KEYS = {"name", "settings", "grid", "targets"}
 
 
@@ -47,6 +51,9 @@ class StudySpec:
     measurements: tuple[MeasurementPlan, ...]
     seed: int = 0
     name: str = "study"
+    # Alignment strength the study gives its targets ({"axis": NAME, "values": {target: x}}):
+    # the report's verdicts place these targets by it instead of by their providers' cards.
+    strengths: Mapping[str, Any] | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> StudySpec:
@@ -85,7 +92,9 @@ class StudySpec:
             raise UserError(f"{source} needs a non-empty list of measurements.")
         plans = tuple(_measurement(entry, f"{source}: measurement {index + 1}")
                       for index, entry in enumerate(raw_measurements))
-        return cls(targets=targets, measurements=plans, seed=seed, name=name)
+        strengths = _strengths(data.get("strengths"), targets, f"{source}: strengths")
+        return cls(targets=targets, measurements=plans, seed=seed, name=name,
+                   strengths=strengths)
 
     def as_dict(self) -> dict[str, Any]:
         plans = []
@@ -96,8 +105,12 @@ class StudySpec:
             if plan.targets is not None:
                 entry["targets"] = list(plan.targets)
             plans.append(entry)
-        return {"name": self.name, "seed": self.seed, "targets": list(self.targets),
+        spec = {"name": self.name, "seed": self.seed, "targets": list(self.targets),
                 "measurements": plans}
+        if self.strengths is not None:
+            spec["strengths"] = {"axis": self.strengths["axis"],
+                                 "values": dict(self.strengths["values"])}
+        return spec
 
 
 def _parse_toml(text: str, path: Path) -> Any:
@@ -168,3 +181,23 @@ def _measurement(entry: Any, where: str) -> MeasurementPlan:
     return MeasurementPlan(name=name, settings=dict(settings),
                            grid={axis: list(values) for axis, values in grid.items()},
                            targets=_targets(entry.get("targets"), f"{where}: targets"))
+
+
+def _strengths(value: Any, targets: tuple[str, ...], where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"axis", "values"} or "values" not in value:
+        raise UserError(f"{where} must be a table with values = {{ TARGET = NUMBER, ... }} and "
+                        "an optional axis name.")
+    axis = value.get("axis", "alignment strength given by the study")
+    values = value["values"]
+    if not isinstance(axis, str) or not axis.strip():
+        raise UserError(f"{where}: axis must be a non-empty name.")
+    if not isinstance(values, Mapping) or not values or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in values.values()):
+        raise UserError(f"{where}: values must map targets to numbers.")
+    unknown = sorted(set(values) - set(targets))
+    if unknown:
+        raise UserError(f"{where} names {', '.join(unknown)}, which the study's targets do "
+                        "not list.")
+    return {"axis": axis, "values": {target: float(x) for target, x in values.items()}}

@@ -3,6 +3,9 @@ shared by every measurement whose report correlates a measure with alignment."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from alignparadox.report.html import ReportOptions
 from alignparadox.stats import Correlation, spearman_bootstrap
 from alignparadox.study.store import CellRecord
@@ -13,10 +16,10 @@ def alignment_strengths(rows: list[CellRecord], options: ReportOptions,
     """target -> (alignment steps, measured refusal rate) from the `alignment` rows, falling
     back to the steps these rows recorded themselves."""
     strengths: dict[str, tuple[float | None, float | None]] = {
-        r.target: (r.results.get("alignment_steps"), None) for r in rows}
+        r.target: ((r.results or {}).get("alignment_steps"), None) for r in rows}
     for row in options.all_rows.get("alignment", []):
-        steps = row.results.get("alignment_steps")
-        refusal = row.results.get("refusal", {}).get("rate")
+        steps = (row.results or {}).get("alignment_steps")
+        refusal = ((row.results or {}).get("refusal") or {}).get("rate")
         if row.target in strengths or steps is not None:
             strengths[row.target] = (steps if steps is not None
                                      else strengths.get(row.target, (None,))[0], refusal)
@@ -47,3 +50,22 @@ def paradox_correlations(strengths: dict[str, tuple[float | None, float | None]]
             continue
         found.append(spearman_bootstrap(*zip(*pairs, strict=True)))
     return found[0], found[1]
+
+
+SUCCESS = "success"  # higher = easier to misalign (a success rate at a fixed budget)
+COST = "cost"  # lower = easier to misalign (what the attack spent to its first success)
+
+
+@dataclass(frozen=True)
+class ParadoxMeasure:
+    """One attack's misalignability per target, as the report's verdict table reads it.
+
+    `incarnation`: "separability", "model tinkering", "input tinkering" or "output
+    tinkering"; `kind`: SUCCESS or COST; `values`: target -> value (None: not measured there).
+    `detail` says what exactly is measured (budget, alpha, judge)."""
+
+    incarnation: str
+    attack: str
+    kind: str
+    values: Mapping[str, float | None] = field(default_factory=dict)
+    detail: str = ""

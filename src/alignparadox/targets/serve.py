@@ -3,7 +3,8 @@
 Black-box attack code, peer tools (garak, PyRIT, Inspect, ...) and judges can then talk to an
 organism or a local checkpoint exactly as they talk to a hosted model. Endpoints:
 `POST /v1/chat/completions` and `POST /v1/completions` (raw text, for base-model tools), both
-non-streaming and SSE streaming, with `n`, `stop`, `seed`, `logprobs`; `GET /v1/models`. The wire
+non-streaming and SSE streaming, with `n`, `stop`, `seed`, `logprobs`; `POST /v1/responses`
+(OpenAI's Responses API, text only, streaming too); `GET /v1/models`. The wire
 format and what is refused live in `serve_protocol`. With `--direction`, a saved steering
 direction is added (`--alpha`) or ablated (`--ablate`) in every generation, by the
 model-tinkering attacks' own hooks.
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from alignparadox.targets.batching import Completion
-    from alignparadox.targets.serve_protocol import Plan, Reply
+    from alignparadox.targets.serve_protocol import Plan, Reply, ResponsesReply
     from alignparadox.targets.whitebox import WhiteBoxTarget
 
 logger = logging.getLogger("alignparadox.serve")
@@ -157,10 +158,13 @@ def _app(server: ChatServer):
         return _json(200, _card(server))
 
     async def chat(request: Request) -> Response:
-        return await _generate(server, request, chat=True)
+        return await _generate(server, request, kind="chat")
 
     async def completions(request: Request) -> Response:
-        return await _generate(server, request, chat=False)
+        return await _generate(server, request, kind="completion")
+
+    async def responses(request: Request) -> Response:
+        return await _generate(server, request, kind="responses")
 
     async def not_found(request: Request, error: Exception) -> Response:
         return _error(404, f"no route {request.method} {request.url.path}", "not_found_error")
@@ -172,7 +176,8 @@ def _app(server: ChatServer):
     routes = [Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", model, methods=["GET"]),
               Route("/v1/chat/completions", chat, methods=["POST"]),
-              Route("/v1/completions", completions, methods=["POST"])]
+              Route("/v1/completions", completions, methods=["POST"]),
+              Route("/v1/responses", responses, methods=["POST"])]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
 
 
@@ -181,20 +186,34 @@ def _card(server: ChatServer) -> dict:
             "owned_by": "alignparadox"}
 
 
-async def _generate(server: ChatServer, request: Request, *, chat: bool) -> Response:
-    from alignparadox.targets.serve_protocol import ApiError, Reply, plan_chat, plan_completion
+async def _generate(server: ChatServer, request: Request, *, kind: str) -> Response:
+    """A generation endpoint: `kind` is "chat", "completion" or "responses"."""
+    from alignparadox.targets.serve_protocol import (
+        ApiError,
+        Reply,
+        ResponsesReply,
+        plan_chat,
+        plan_completion,
+        plan_responses,
+    )
 
+    planner = {"chat": plan_chat, "completion": plan_completion,
+               "responses": plan_responses}[kind]
     try:
         body = await _read_json(request)
-        plan = (plan_chat if chat else plan_completion)(body, server.target,
-                                                         server.default_max_tokens)
-    except ApiError as error:
+        plan = planner(body, server.target, server.default_max_tokens)
+    except ApiError as error:  # logged, so that a peer tool's silent failures can be traced
+        logger.info("refused %s %s (%s): %s", request.method, request.url.path, error.status,
+                    error)
         return _json(error.status, error.body())
-    reply = Reply(server.target, plan, chat=chat)
+    reply = (ResponsesReply(server.target, plan, body) if kind == "responses"
+             else Reply(server.target, plan, chat=kind == "chat"))
     if plan.stream:
         from starlette.responses import StreamingResponse
 
-        return StreamingResponse(_stream(server, plan, reply), media_type="text/event-stream",
+        events = (_stream_response(server, plan, reply) if kind == "responses"
+                  else _stream(server, plan, reply))
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     jobs = _submit(server, plan)
     try:
@@ -225,9 +244,10 @@ def _submit(server: ChatServer, plan: Plan, on_text=None) -> list:
     return jobs
 
 
-async def _stream(server: ChatServer, plan: Plan, reply: Reply) -> AsyncIterator[str]:
-    """SSE events: each choice's opening, its text pieces as they become final (interleaved
-    across choices), its end; then usage if asked for, and [DONE]."""
+async def _progress(server: ChatServer, plan: Plan) -> AsyncIterator[tuple[int, object]]:
+    """Submit the plan's jobs and yield (choice index, text piece) as pieces become final and
+    (choice index, Completion or failed Future) as choices end, until every choice has ended.
+    Whatever still runs when the consumer stops (the client went away) is cancelled."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
@@ -238,31 +258,64 @@ async def _stream(server: ChatServer, plan: Plan, reply: Reply) -> AsyncIterator
     jobs = _submit(server, plan, on_text=post)
     for index, job in enumerate(jobs):
         job.future.add_done_callback(lambda future, index=index: post(index, future))
-    completions: list[Completion | None] = [None] * len(jobs)
+    left = len(jobs)
     try:
-        if reply.chat:
-            for index in range(len(jobs)):
-                yield _event(reply.chunk(index, role=True))
-        while any(done is None for done in completions):
+        while left:
             index, item = await events.get()
-            if isinstance(item, str):
-                yield _event(reply.chunk(index, text=item))
-                continue
-            if item.cancelled() or item.exception() is not None:
-                logger.error("generation failed", exc_info=item.exception())
-                yield _event({"error": {"message": "generation failed; see the server log",
-                                        "type": "server_error", "param": None, "code": None}})
-                return
-            completions[index] = item.result()
-            yield _event(reply.chunk(index, done=completions[index],
-                                     logprobs=completions[index].logprobs))
-        if plan.include_usage:
-            yield _event(reply.usage_chunk(completions))
-        yield "data: [DONE]\n\n"
-    finally:  # the client went away, or the stream ended: stop what still runs
+            if isinstance(item, Future):
+                if item.cancelled() or item.exception() is not None:
+                    logger.error("generation failed", exc_info=item.exception())
+                    yield index, item
+                    return
+                left -= 1
+                item = item.result()
+            yield index, item
+    finally:
         for job in jobs:
             if not job.future.done():
                 job.cancel()
+
+
+async def _stream(server: ChatServer, plan: Plan, reply: Reply) -> AsyncIterator[str]:
+    """SSE events: each choice's opening, its text pieces as they become final (interleaved
+    across choices), its end; then usage if asked for, and [DONE]."""
+    completions: list[Completion | None] = [None] * (len(plan.prompts) * plan.n)
+    if reply.chat:
+        for index in range(len(completions)):
+            yield _event(reply.chunk(index, role=True))
+    async with contextlib.aclosing(_progress(server, plan)) as progress:
+        async for index, item in progress:
+            if isinstance(item, str):
+                yield _event(reply.chunk(index, text=item))
+            elif isinstance(item, Future):
+                yield _event({"error": {"message": "generation failed; see the server log",
+                                        "type": "server_error", "param": None, "code": None}})
+                return
+            else:
+                completions[index] = item
+                yield _event(reply.chunk(index, done=item, logprobs=item.logprobs))
+    if plan.include_usage:
+        yield _event(reply.usage_chunk(completions))
+    yield "data: [DONE]\n\n"
+
+
+async def _stream_response(server: ChatServer, plan: Plan,
+                           reply: ResponsesReply) -> AsyncIterator[str]:
+    """The Responses API's typed SSE events for one answer: created, in_progress, the output
+    item and its text part opened, text deltas, then everything closed and `response.completed`
+    (or `response.incomplete` at max_output_tokens). No [DONE], as with OpenAI."""
+    for event in reply.opening():
+        yield _typed_event(event)
+    async with contextlib.aclosing(_progress(server, plan)) as progress:
+        async for _, item in progress:
+            if isinstance(item, str):
+                yield _typed_event(reply.delta(item))
+            elif isinstance(item, Future):
+                yield _typed_event(reply.failure())
+                return
+            else:
+                for event in reply.closing(item):
+                    yield _typed_event(event)
 
 
 async def _read_json(request: Request) -> dict:
@@ -287,6 +340,10 @@ async def _read_json(request: Request) -> dict:
 
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
+
+
+def _typed_event(payload: dict) -> str:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
 
 
 def _json(status: int, payload: dict) -> Response:

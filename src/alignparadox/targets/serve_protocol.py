@@ -5,6 +5,7 @@ answer in a way this server does not implement (tools, penalties, logit bias, JS
 refused with a 400 that names it, never silently ignored; fields that do not change the answer
 (`user`, `metadata`, `store`, `parallel_tool_calls`, ...) are accepted and ignored. Status codes,
 error types and codes follow OpenAI: 400 `invalid_request_error`, 404 `model_not_found`.
+`/v1/responses` (the Responses API) is stricter still: any field not known here is refused.
 """
 
 from __future__ import annotations
@@ -178,16 +179,16 @@ def _check_unsupported(request: dict) -> None:
                            code="unsupported_parameter")
 
 
-def _check_response_format(response_format: Any) -> None:
+def _check_response_format(response_format: Any, param: str = "response_format") -> None:
     """Only plain text. JSON mode is refused here, before anything is generated: this server
     cannot constrain decoding to JSON, and unconstrained text labelled as JSON would fail
     later, far from its cause (e.g. in a scorer's JSON parser)."""
     kind = response_format.get("type") if isinstance(response_format, dict) else response_format
     if response_format is None or kind == "text":
         return
-    raise ApiError(f"response_format {kind!r} is not supported: paradox serve cannot "
-                   "constrain generation to JSON; send requests without response_format "
-                   "(e.g. use a scorer that parses free text)", param="response_format",
+    raise ApiError(f"{param} {kind!r} is not supported: paradox serve cannot "
+                   f"constrain generation to JSON; send requests without {param} "
+                   "(e.g. use a scorer that parses free text)", param=param,
                    code="unsupported_parameter")
 
 
@@ -261,12 +262,12 @@ def _prompt_ids(target: WhiteBoxTarget, prompt: str | list[int]) -> list[int]:
     return list(prompt)
 
 
-def _tokenize(tokenize: Callable[[], list[int]]) -> list[int]:
+def _tokenize(tokenize: Callable[[], list[int]], param: str = "messages") -> list[int]:
     try:
         return tokenize()
     except UserError as error:  # the template rejects the messages, or the prompt is too long
         code = "context_length_exceeded" if "context" in str(error) else None
-        raise ApiError(str(error), param="messages", code=code) from error
+        raise ApiError(str(error), param=param, code=code) from error
 
 
 def _is_int(value: Any) -> bool:
@@ -280,6 +281,139 @@ def _number(request: dict, name: str, default: float, *, low: float, high: float
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise ApiError(f"{name} must be a number in [{low:g}, {high:g}]", param=name)
     return float(value)
+
+
+# -- /v1/responses ---------------------------------------------------------------------------
+
+# The Responses API fields this server honours, those it accepts because they cannot change the
+# answer, and those it accepts only at their "not used" values. Any other field is refused with a
+# 400 that names it: the Responses API grows quickly, and a new field silently ignored would make
+# an audit measure something other than what was asked.
+_RESPONSES_HONOURED = {"model", "input", "instructions", "max_output_tokens", "temperature",
+                       "top_p", "top_logprobs", "include", "stream", "seed", "text"}
+_RESPONSES_IGNORED = {"store", "metadata", "user", "safety_identifier", "prompt_cache_key",
+                      "prompt_cache_retention", "service_tier", "parallel_tool_calls",
+                      "max_tool_calls", "stream_options"}
+_RESPONSES_NEUTRAL = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "previous_response_id": (None,),
+    "conversation": (None,),
+    "prompt": (None,),
+    "background": (None, False),
+    "reasoning": (None, {}),
+    "truncation": (None, "disabled"),
+}
+_RESPONSES_WHY = {
+    "previous_response_id": "this server stores no responses; send the whole conversation "
+                            "as input",
+    "conversation": "this server stores no conversations; send the whole conversation as input",
+    "background": "answers are generated during the request",
+    "reasoning": "the served model has no reasoning options",
+    "truncation": "a conversation longer than the context is refused, never cut",
+    "tools": "this server has no tools",
+    "tool_choice": "this server has no tools",
+}
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+def plan_responses(request: dict, target: WhiteBoxTarget, default_max_tokens: int) -> Plan:
+    """Validate a `/v1/responses` body (OpenAI's Responses API, text in and text out) and
+    tokenize its input. `instructions` is a system turn before the input; `developer` and
+    `system` input messages are system turns. Everything else that could change the answer
+    and is not implemented is refused, all such fields named in one 400."""
+    check_model(request, target.name)
+    known = _RESPONSES_HONOURED | _RESPONSES_IGNORED | set(_RESPONSES_NEUTRAL)
+    refused = sorted(name for name in request if name not in known)
+    refused += [name for name, neutral in _RESPONSES_NEUTRAL.items()
+                if request.get(name) not in neutral]
+    if refused:
+        reasons = "; ".join(f"{name}: {_RESPONSES_WHY[name]}" for name in refused
+                            if name in _RESPONSES_WHY)
+        raise ApiError(f"unsupported parameter{'s' if len(refused) > 1 else ''} "
+                       f"{', '.join(map(repr, refused))}: paradox serve does not implement "
+                       f"{'them' if len(refused) > 1 else 'it'}"
+                       + (f" ({reasons})" if reasons else ""), param=refused[0],
+                       code="unsupported_parameter")
+    text = request.get("text")
+    if text is not None:
+        if not isinstance(text, dict):
+            raise ApiError("text must be an object", param="text")
+        unknown = sorted(set(text) - {"format", "verbosity"})
+        if unknown:
+            raise ApiError(f"text.{unknown[0]} is not supported by this server",
+                           param=f"text.{unknown[0]}", code="unsupported_parameter")
+        _check_response_format(text.get("format"), "text.format")
+        if text.get("verbosity") not in (None, "medium"):
+            raise ApiError("text.verbosity other than 'medium' is not supported: the served "
+                           "model has no verbosity control", param="text.verbosity",
+                           code="unsupported_parameter")
+    include = request.get("include") or []
+    if not isinstance(include, list) or any(not isinstance(item, str) for item in include):
+        raise ApiError("include must be a list of strings", param="include")
+    top = request.get("top_logprobs") or 0
+    if not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}]",
+                       param="top_logprobs")
+    messages = response_messages(request.get("input"), request.get("instructions"))
+    max_tokens = request.get("max_output_tokens")
+    settings = {name: request.get(name) for name in ("temperature", "top_p", "seed")}
+    configs = _configs(settings, default_max_tokens if max_tokens is None else max_tokens,
+                       "max_output_tokens")
+    prompt = _tokenize(lambda: target.token_ids(messages), "input")
+    stream, _ = _stream({"stream": request.get("stream")})
+    return Plan([prompt], configs, (), LOGPROBS_INCLUDE in include or top > 0, top, stream,
+                False)
+
+
+def response_messages(items: Any, instructions: Any = None) -> list[dict]:
+    """Chat-template messages from a Responses API `input` (a string, or a list of message
+    items whose content is a string or text parts) and `instructions`."""
+    messages = []
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ApiError("instructions must be a string", param="instructions")
+        messages.append({"role": "system", "content": instructions})
+    if isinstance(items, str):
+        return [*messages, {"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise ApiError("input must be a string or a non-empty list of messages", param="input")
+    for index, item in enumerate(items):
+        where = f"input[{index}]"
+        if not isinstance(item, dict):
+            raise ApiError("each input item must be an object", param=where)
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise ApiError(f"input items of type {kind!r} are not supported: this server takes "
+                           "messages only (no tools, reasoning or item references)",
+                           param=f"{where}.type", code="unsupported_parameter")
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise ApiError(f"Invalid value: {role!r}. Supported values are: 'user', "
+                           "'assistant', 'system', and 'developer'.", param=f"{where}.role",
+                           code="invalid_value")
+        messages.append({"role": "system" if role == "developer" else role,
+                         "content": _response_content(item.get("content"), f"{where}.content")})
+    return messages
+
+
+def _response_content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ApiError("message content must be a string or a list of text parts", param=where)
+    pieces = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
+            pieces.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            pieces.append(part["refusal"])
+        else:
+            raise ApiError(f"content parts of type {kind!r} are not supported: only text "
+                           "(input_text, output_text)", param=f"{where}[{index}]",
+                           code="unsupported_parameter")
+    return "".join(pieces)
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -358,6 +492,102 @@ class Reply:
                 "top_logprobs": ([{text(token): value for token, value in item.top}
                                   for item in logprobs] if self.plan.top_logprobs else None),
                 "text_offset": offsets}
+
+
+class ResponsesReply:
+    """The `response` object of `/v1/responses` and its streamed events, for one answer (the
+    Responses API has no `n`). An answer cut by max_output_tokens is `incomplete`, with
+    `incomplete_details.reason` "max_output_tokens", as OpenAI reports it."""
+
+    def __init__(self, target: WhiteBoxTarget, plan: Plan, request: dict) -> None:
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.item_id = f"msg_{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = target.name
+        self.plan, self.request = plan, request
+        self.prompt_tokens = len(plan.prompts[0])
+        self._token_text = _TokenText(target)
+        self._sequence = 0
+
+    def body(self, completions: Sequence[Completion]) -> dict:
+        (done,) = completions
+        incomplete = done.finish_reason == "length"
+        output_tokens = len(done.token_ids)
+        return {**self._response("incomplete" if incomplete else "completed"),
+                "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+                "output": [self._item(done)],
+                "usage": {"input_tokens": self.prompt_tokens,
+                          "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                          "output_tokens": output_tokens,
+                          "output_tokens_details": {"reasoning_tokens": 0},
+                          "total_tokens": self.prompt_tokens + output_tokens}}
+
+    def _response(self, status: str) -> dict:
+        config = self.plan.configs[0]
+        request = self.request
+        return {"id": self.id, "object": "response", "created_at": self.created,
+                "status": status, "error": None, "incomplete_details": None,
+                "instructions": request.get("instructions"),
+                "max_output_tokens": request.get("max_output_tokens"), "model": self.model,
+                "output": [], "parallel_tool_calls": bool(request.get("parallel_tool_calls",
+                                                                      True)),
+                "temperature": config.temperature if config.do_sample else 0.0,
+                "top_p": config.top_p, "top_logprobs": self.plan.top_logprobs,
+                "tool_choice": request.get("tool_choice") or "auto", "tools": [],
+                "text": {"format": {"type": "text"}, "verbosity": "medium"},
+                "truncation": "disabled", "store": False, "background": False,
+                "reasoning": None, "previous_response_id": None,
+                "metadata": request.get("metadata") or {}, "user": request.get("user"),
+                "usage": None}
+
+    def _item(self, done: Completion | None) -> dict:
+        status = ("in_progress" if done is None else
+                  "incomplete" if done.finish_reason == "length" else "completed")
+        return {"id": self.item_id, "type": "message", "status": status, "role": "assistant",
+                "content": [] if done is None else [self._part(done.text, done.logprobs)]}
+
+    def _part(self, text: str, logprobs: list[TokenLogprob] | None) -> dict:
+        return {"type": "output_text", "text": text, "annotations": [],
+                "logprobs": self.logprobs(logprobs)}
+
+    def logprobs(self, logprobs: list[TokenLogprob] | None) -> list[dict]:
+        text = self._token_text
+        return [{**text.entry(item.token_id, item.logprob),
+                 "top_logprobs": [text.entry(token, value) for token, value in item.top]}
+                for item in logprobs or []]
+
+    # streamed events, in OpenAI's order -------------------------------------------------
+
+    def _event(self, kind: str, **fields: Any) -> dict:
+        event = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return event
+
+    def opening(self) -> list[dict]:
+        at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return [self._event("response.created", response=self._response("in_progress")),
+                self._event("response.in_progress", response=self._response("in_progress")),
+                self._event("response.output_item.added", output_index=0,
+                            item=self._item(None)),
+                self._event("response.content_part.added", **at, part=self._part("", None))]
+
+    def delta(self, text: str) -> dict:
+        return self._event("response.output_text.delta", item_id=self.item_id, output_index=0,
+                           content_index=0, delta=text, logprobs=[])
+
+    def closing(self, done: Completion) -> list[dict]:
+        at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        final = self.body([done])
+        return [self._event("response.output_text.done", **at, text=done.text,
+                            logprobs=self.logprobs(done.logprobs)),
+                self._event("response.content_part.done", **at,
+                            part=self._part(done.text, done.logprobs)),
+                self._event("response.output_item.done", output_index=0, item=self._item(done)),
+                self._event(f"response.{final['status']}", response=final)]
+
+    def failure(self) -> dict:
+        return self._event("error", code="server_error", param=None,
+                           message="generation failed; see the server log")
 
 
 class _TokenText:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from alignparadox.report.html import ReportOptions, Section
     from alignparadox.study.cells import Cell
     from alignparadox.study.store import CellRecord
+    from alignparadox.study.strength import ParadoxMeasure
     from alignparadox.targets.whitebox import GenerationConfig
 
 Prompt = str | list[dict]
@@ -333,20 +334,31 @@ def samples(results: Sequence[AttackResult], keep: int = 8) -> list[dict[str, An
 
 def alignment_strengths(options: ReportOptions,
                         rows: Iterable[CellRecord] = ()) -> dict[str, float]:
-    """Alignment strength per target: from the `alignment` measurement's rows, else the
-    `alignment_steps` a measurement's own row recorded (organisms know theirs)."""
-    strengths: dict[str, float] = {}
-    for row in [*options.all_rows.get("alignment", []), *rows]:
-        steps = (row.results or {}).get("alignment_steps")
-        if steps is not None:
-            strengths.setdefault(row.target, float(steps))
-    return strengths
+    """Alignment steps per target (`alignparadox.study.strength.alignment_strengths`, which
+    also knows the measured refusal), for sections that sort and correlate by steps."""
+    from alignparadox.study.strength import alignment_strengths as strengths
+
+    return {target: float(steps) for target, (steps, _) in strengths(list(rows), options).items()
+            if steps is not None}
 
 
 def by_strength(rows: list[CellRecord], options: ReportOptions) -> list[CellRecord]:
     strengths = alignment_strengths(options, rows)
     return sorted(rows, key=lambda r: (r.target not in strengths, strengths.get(r.target, 0),
                                        r.target))
+
+
+def attack_measures(attack: str, rows: Iterable[CellRecord], detail: str) -> list[ParadoxMeasure]:
+    """An attack's ASR (success) and target queries per request (cost, failures counted at the
+    full budget) per target, for the report's verdict table."""
+    from alignparadox.study.strength import COST, SUCCESS, ParadoxMeasure
+
+    done = [r for r in rows if r.results and r.results["asr"]["n"]]
+    return [ParadoxMeasure("input tinkering", attack, SUCCESS,
+                           {r.target: r.results["asr"]["rate"] for r in done}, detail),
+            ParadoxMeasure("input tinkering", attack, COST,
+                           {r.target: r.results["queries_total"] / r.results["asr"]["n"]
+                            for r in done}, "target queries per request")]
 
 
 def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: str,

@@ -35,6 +35,7 @@ from alignparadox.attacks.input_tinkering.base import (
     AttackResult,
     ResultCallback,
     Target,
+    attack_measures,
     attack_section,
     by_strength,
     cell_requests,
@@ -61,6 +62,7 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
+from alignparadox.study.strength import ParadoxMeasure
 
 
 def augmented(record: PromptRecord, index: int, seed: int, augmentation: Augmentation) -> str:
@@ -232,6 +234,10 @@ class BestOfNAttack(Measurement):
         return CellResult(outcome, target_id=target.name,
                           weight_hash=getattr(target, "weight_hash", None),
                           prompt_sets={requests.name: requests.sha256}, judge=judge)
+
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        return attack_measures("Best-of-N augmentation", rows, "ASR at the full budget")
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)

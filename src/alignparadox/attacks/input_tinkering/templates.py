@@ -63,6 +63,7 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
+from alignparadox.study.strength import SUCCESS, ParadoxMeasure
 
 SLOT = "{prompt}"
 _OTHER_SLOT = re.compile(r"\{([a-z_]+)\}")
@@ -301,6 +302,12 @@ class TemplatesAttack(Measurement):
         return CellResult(outcome, target_id=target.name,
                           weight_hash=getattr(target, "weight_hash", None),
                           prompt_sets={requests.name: requests.sha256}, judge=judge)
+
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        return [ParadoxMeasure("input tinkering", "jailbreak templates", SUCCESS, {
+            r.target: r.results["asr"]["rate"] for r in rows
+            if r.results and r.results["asr"]["n"]}, "ASR pooled over (template, request)")]
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)

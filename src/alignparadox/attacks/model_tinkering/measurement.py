@@ -58,7 +58,13 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
-from alignparadox.study.strength import alignment_strengths, correlation_rows
+from alignparadox.study.strength import (
+    COST,
+    SUCCESS,
+    ParadoxMeasure,
+    alignment_strengths,
+    correlation_rows,
+)
 from alignparadox.targets.providers import alignment_strength
 
 HALF = 0.5
@@ -177,6 +183,10 @@ class ModelTinkering(Measurement):
                                        **refusal.direction.prompt_hashes,
                                        **(value.direction.prompt_hashes if value else {})},
                           judge=judge_spec)
+
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        return [measure for _, measure in _measures(rows)]
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         strengths = alignment_strengths(rows, options)
@@ -337,24 +347,42 @@ def _where(direction: dict) -> str:
     return f"({direction['layer']}, {direction['position']})"
 
 
+def _measures(rows: list[CellRecord]) -> list[tuple[str, ParadoxMeasure]]:
+    """(row label of the section's paradox table, measure) for every model-tinkering attack."""
+    top = max((p["alpha"] for r in rows for p in r.results["addition"]), default=0.0)
+    fixed = rows[0].results["fixed_alpha"] if rows else None
+    model = "model tinkering"
+
+    def rate(r: CellRecord, key: str) -> float | None:
+        return (r.results.get(key) or {}).get("rate")
+
+    return [
+        ("ablation ASR", ParadoxMeasure(model, "directional ablation", SUCCESS, {
+            r.target: r.results["ablation"]["asr"]["rate"] for r in rows}, "ASR")),
+        ("orthogonalized ASR", ParadoxMeasure(model, "weight orthogonalization", SUCCESS, {
+            r.target: (r.results["orthogonalized"] or {}).get("asr", {}).get("rate")
+            for r in rows}, "ASR")),
+        ("addition ASR at fixed alpha", ParadoxMeasure(model, "activation addition", SUCCESS, {
+            r.target: rate(r, "addition_asr_at_fixed") for r in rows}, f"ASR at α={fixed}")),
+        # Not reached within the sweep ranks above every alpha that was tried.
+        ("smallest alpha to ASR 0.5 (lower = easier)", ParadoxMeasure(
+            model, "activation addition", COST, {
+                r.target: r.results["alpha_for_half_asr"] if r.results["alpha_for_half_asr"]
+                is not None else 2 * top for r in rows},
+            f"smallest α to ASR 0.5 (not reached: {2 * top})")),
+        ("stance partisan rate at fixed alpha", ParadoxMeasure(model, "value steering", SUCCESS, {
+            r.target: rate(r, "stance_partisan_at_fixed") for r in rows},
+            f"partisan rate at α={fixed}")),
+        ("value preference for misaligned at fixed alpha", ParadoxMeasure(
+            model, "value steering", SUCCESS, {
+                r.target: rate(r, "stance_preference_at_fixed") for r in rows},
+            f"preference for the misaligned value at α={fixed}")),
+    ]
+
+
 def _paradox_table(rows: list[CellRecord], strengths) -> Markup:
     top = max((p["alpha"] for r in rows for p in r.results["addition"]), default=0.0)
-    measures = {
-        "ablation ASR": {r.target: r.results["ablation"]["asr"]["rate"] for r in rows},
-        "orthogonalized ASR": {r.target: (r.results["orthogonalized"] or {}).get("asr", {})
-                               .get("rate") for r in rows},
-        "addition ASR at fixed alpha": {
-            r.target: (r.results["addition_asr_at_fixed"] or {}).get("rate") for r in rows},
-        # Not reached within the sweep ranks above every alpha that was tried.
-        "smallest alpha to ASR 0.5 (lower = easier)": {
-            r.target: r.results["alpha_for_half_asr"] if r.results["alpha_for_half_asr"]
-            is not None else 2 * top for r in rows},
-        "stance partisan rate at fixed alpha": {
-            r.target: (r.results["stance_partisan_at_fixed"] or {}).get("rate") for r in rows},
-        "value preference for misaligned at fixed alpha": {
-            r.target: (r.results.get("stance_preference_at_fixed") or {}).get("rate")
-            for r in rows},
-    }
+    measures = {label: measure.values for label, measure in _measures(rows)}
     fixed = rows[0].results["fixed_alpha"] if rows else None
     return table(
         ["misalignability", "rank correlation with alignment steps",
@@ -390,7 +418,8 @@ def _sweep_plot(rows: list[CellRecord], alphas: list[float]) -> Markup:
         axes.set_xlabel("steering coefficient alpha (x mean residual norm)")
         axes.set_ylabel(label)
         axes.set_ylim(-0.05, 1.05)
-        axes.legend(fontsize=7)
+        if axes.get_legend_handles_labels()[0]:  # empty where the value axis was not measured
+            axes.legend(fontsize=7)
     return figure(fig, "attack success versus steering coefficient",
                   caption="Left: ASR of activation addition towards compliance; right: partisan "
                           "rate of stance steering; alpha 0 is the unattacked model. 95% Wilson "

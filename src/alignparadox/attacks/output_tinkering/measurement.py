@@ -57,6 +57,7 @@ from alignparadox.study.inputs import (
 )
 from alignparadox.study.measurement import CellResult, Measurement, RunContext, register_measurement
 from alignparadox.study.store import CellRecord
+from alignparadox.study.strength import COST, SUCCESS, ParadoxMeasure
 from alignparadox.targets.providers import alignment_strength
 
 GROUND_TRUTH, SELF = "ground_truth", "self"
@@ -244,6 +245,28 @@ class OutputTinkering(Measurement):
                                      if distances[axis] else None for axis in AXES},
             "samples": samples,
         }
+
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        measures = []
+        for source, title in SOURCE_TITLES.items():
+            for axis, attack in ((REFUSAL_AXIS, "value editor (refusal)"),
+                                 (STANCE_AXIS, "value editor (value axis)")):
+                found = [r.results["sources"][source] for r in rows
+                         if r.results and source in r.results["sources"]]
+                targets = [r.target for r in rows if r.results and source in r.results["sources"]]
+                kept = [(t, f) for t, f in zip(targets, found, strict=True)
+                        if f["success"][axis]["n"]]
+                if not kept:
+                    continue
+                measures += [
+                    ParadoxMeasure("output tinkering", attack, SUCCESS,
+                                   {t: f["success"][axis]["rate"] for t, f in kept},
+                                   f"editor success, pairs: {title}"),
+                    ParadoxMeasure("output tinkering", attack, COST,
+                                   {t: f["median_edit_distance"][axis] for t, f in kept},
+                                   f"median normalized edit of a success, pairs: {title}")]
+        return measures
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         return _section(self.title, rows, options)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from alignparadox.batching import BackOff
 from alignparadox.errors import UserError
@@ -298,11 +299,11 @@ def compute_features(target: WhiteBoxTarget, reference: WhiteBoxTarget | None,
     if have:
         features.target_states = {layer: candidates.states[layer] for layer in layers}
     if not needs.token_stats:  # states only: the early-stopped forward of what is missing
-        sequences = [p + a for p, a in rows]
         if not have:
-            features.target_states = _stream_states(target, sequences, layers, batch_size)
+            features.target_states = _candidate_states(target, candidates, layers, batch_size)
         if use_reference and layers:
-            features.reference_states = _stream_states(reference, sequences, layers, batch_size)
+            features.reference_states = _candidate_states(reference, candidates, layers,
+                                                          batch_size)
         return features
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     states: dict[str, dict[int, list[torch.Tensor]]] = {"target": {}, "reference": {}}
@@ -407,6 +408,68 @@ def _stream_states(model: WhiteBoxTarget, sequences: Sequence[list[int]], layers
     inverse = torch.empty(len(done), dtype=torch.long)
     inverse[torch.tensor(done)] = torch.arange(len(done))
     return {layer: torch.cat(values)[inverse] for layer, values in parts.items()}
+
+
+def _candidate_states(model: WhiteBoxTarget, candidates: Candidates, layers: Sequence[int],
+                      batch_size: int) -> dict[int, torch.Tensor]:
+    """`_stream_states` of every candidate (prompt + answer), with each prompt fed once: the
+    prompts of a batch are prefilled (stopped after the last layer read) and their KV cache
+    repeated for their N answers, which are then fed after it (right-padded, each row's state
+    taken at its own last answer token). The prompt's share of the tokens is not recomputed N
+    times. Layer 0 (the embeddings, no attention and no cache) is read in full."""
+    layers = sorted(set(layers))
+    if not layers or layers[-1] == 0 or not candidates.answers:
+        return _stream_states(model, [p + a for p, a in candidates.rows()], layers, batch_size)
+    n = candidates.n
+    answers = [answer.token_ids for answer in candidates.answers]
+    states: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(answers)
+                                                    for layer in layers}
+    # Longest prompts first; a batch holds whole prompts (all N of their answers).
+    order = sorted(range(candidates.n_prompts), key=lambda i: -len(candidates.prompt_ids[i]))
+    per_batch = max(1, batch_size // n)
+    back_off = BackOff(f"reading the residual stream of {model.name}")
+    keyword = model._cache_keyword
+
+    def forward(part: list[int]) -> None:
+        prompts = model._pad([candidates.prompt_ids[i] for i in part])
+        mask = prompts["attention_mask"]
+        cache = DynamicCache(config=model.model.config)
+        with capture(model.model, layers, positions=-1) as acts, \
+                _stop_after(model.model, layers[-1]):
+            with suppress(_Stop):
+                model.model(**prompts, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, logits_to_keep=1, **{keyword: cache})
+            at_prompt_end = {layer: acts[layer][:, 0].float().cpu() for layer in layers}
+        rows = [i * n + j for i in part for j in range(n)]
+        width = max(len(answers[row]) for row in rows)
+        if width:
+            cache.batch_repeat_interleave(n)
+            ids = torch.full((len(rows), width), model.pad_token_id, dtype=torch.long)
+            answer_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for slot, row in enumerate(rows):
+                ids[slot, :len(answers[row])] = torch.tensor(answers[row], dtype=torch.long)
+                answer_mask[slot, :len(answers[row])] = 1
+            ids, answer_mask = ids.to(model.device), answer_mask.to(model.device)
+            full_mask = torch.cat([mask.repeat_interleave(n, 0), answer_mask], 1)
+            positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1]:]
+            with capture(model.model, layers) as acts, _stop_after(model.model, layers[-1]):
+                with suppress(_Stop):
+                    model.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                                use_cache=True, logits_to_keep=1, **{keyword: cache})
+                last = torch.tensor([max(len(answers[row]) - 1, 0) for row in rows],
+                                    device=ids.device)
+                picked = {layer: acts[layer][torch.arange(len(rows)), last].float().cpu()
+                          for layer in layers}
+        for slot, row in enumerate(rows):
+            for layer in layers:
+                states[layer][row] = (picked[layer][slot] if answers[row]
+                                      else at_prompt_end[layer][slot // n])
+
+    with torch.inference_mode():
+        for start in range(0, len(order), per_batch):
+            chunk = order[start:start + per_batch]
+            back_off.run(len(chunk), lambda part, c=chunk: forward(c[part]))
+    return {layer: torch.stack(values) for layer, values in states.items()}  # type: ignore
 
 
 def _forward(model: WhiteBoxTarget, inputs: dict[str, torch.Tensor], layers: list[int],

@@ -1,0 +1,109 @@
+"""`paradox audit` (issue 17): one command from a researcher's own models to a report, with the
+plan printed first, the equivalent study spec written, and bad input refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from alignparadox.cli import main
+from alignparadox.report.writer import read_store
+from alignparadox.study import StudySpec
+from alignparadox.study.runner import plan_cells
+from alignparadox.targets.random_models import ARCHITECTURES, make_random_model
+from refusal import refused
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# Public requests (StrongREJECT) are long in byte tokens: the random models get a context that
+# holds them with an answer.
+CONTEXT = 2048
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audit-family")
+    return [make_random_model("llama", folder / name, seed=seed, context=CONTEXT)
+            for seed, name in enumerate(("base", "sft"))]
+
+
+def test_audit_runs_plans_reports_and_writes_a_spec_that_reproduces_its_cells(
+        family, tmp_path, capsys):
+    base, member = family
+    run_dir, spec_out = tmp_path / "run", tmp_path / "audit.json"
+    main(["audit", str(member), "--base", str(base), "--budget", "quick", "--strength", "1",
+          "--run-dir", str(run_dir), "--spec-out", str(spec_out), "--no-progress"])
+    err = capsys.readouterr().err
+    # The plan, with an estimate per measurement, comes before the run; the actual time after.
+    assert err.index("audit plan") < err.index("plan vs actual")
+    assert re.search(r"estimated total [\d.]+ (s|min) \(from a [\d.]+ s calibration", err)
+    assert re.search(r"wall time [\d.]+ (s|min) \(estimate [\d.]+ (s|min)\)", err)
+    assert "skipped templates" in err or "templates" in err
+    html = (run_dir / "report.html").read_text()
+    sections = re.findall(r'<section id="([^"]+)">', html)
+    assert sections[0] == "verdict" and sections[-1] == "provenance"
+    for measurement in ("alignment", "geometry", "model_tinkering", "gcg", "best_of_n", "pair",
+                        "output_tinkering", "bon_defense"):
+        assert measurement in sections, measurement
+    assert 'id="failed-cells"' not in html
+    # The given strengths place the models on the audit's own axis.
+    assert "alignment strength given to the audit" in html
+    # The written spec plans exactly the cells the audit ran (same keys).
+    spec = StudySpec.from_file(spec_out)
+    with read_store(run_dir) as store:
+        done = {record.key for record in store.records()}
+    assert {cell.key for cell in plan_cells(spec)} == done
+    assert json.loads(spec_out.read_text())["strengths"]["values"] == {str(member): 1.0}
+    # The base is the defense's reference, not a member.
+    assert str(base) not in spec.targets
+
+
+@pytest.mark.slow  # seven architectures through every measurement
+def test_quick_audit_of_a_family_of_every_architecture(tmp_path, capsys):
+    """The random models of all seven architectures share one (byte) tokenizer, so they audit
+    as one family: every measurement that needs no base runs on each of them."""
+    models = [str(make_random_model(a, tmp_path / a, seed=i, context=CONTEXT))
+              for i, a in enumerate(ARCHITECTURES)]
+    main(["audit", *models, "--budget", "quick", "--run-dir", str(tmp_path / "run"),
+          "--no-progress"])
+    err = capsys.readouterr().err
+    assert "skipped bon_defense: needs the family's pre-alignment model (--base)" in err
+    with read_store(tmp_path / "run") as store:
+        records = store.records(status=None)
+    assert records and all(r.status == "done" for r in records)
+    assert {r.target for r in records} == set(models)
+
+
+def test_audit_plan_only_runs_nothing(family, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    main(["audit", str(family[1]), "--plan-only", "--run-dir", str(run_dir)])
+    assert "audit plan" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_bad_audit_input_is_one_sentence_and_leaves_nothing(family, tmp_path, capsys,
+                                                           organism_family):
+    base, sft = map(str, family)
+    run_dir, spec_out = tmp_path / "run", tmp_path / "spec.json"
+    common = ["--run-dir", run_dir, "--spec-out", spec_out]
+    narrow = make_random_model("llama", tmp_path / "narrow", size="tiny", seed=3,
+                               context=CONTEXT)
+    config = json.loads((narrow / "config.json").read_text())
+    config["hidden_size"] //= 2
+    (narrow / "config.json").write_text(json.dumps(config))
+    cases = [
+        (["audit", sft, "--budget", "huge"], "unknown budget 'huge'"),
+        (["audit", sft, "organism:aligned-3"], "different tokenizers"),
+        (["audit", sft, "--base", narrow], "the base must be the same model before alignment"),
+        (["audit", "http://127.0.0.1:9/v1#m", "--base", base], "--base is for white-box"),
+        (["audit", sft, base, "--strength", "1"], "--strength gives 1 number(s) for 2"),
+        (["audit", sft, "--strength", "low,high"], "--strength must be numbers"),
+        (["audit", sft, sft], "a model is named twice"),
+        (["audit", str(tmp_path / "missing")], "does not exist"),
+        (["audit", sft, "--spec-out", tmp_path / "spec.toml"], "must end in .json"),
+    ]
+    for args, expected in cases:
+        line = refused(capsys, *args, *(common if "--spec-out" not in args else common[:2]))
+        assert expected in line, (args, line)
+        assert not run_dir.exists() and not spec_out.exists(), args
