@@ -61,11 +61,13 @@ def test_audit_runs_plans_reports_and_writes_a_spec_that_reproduces_its_cells(
 
 @pytest.mark.slow  # seven architectures through every measurement
 def test_quick_audit_of_a_family_of_every_architecture(tmp_path, capsys):
-    """The random models of all seven architectures share one (byte) tokenizer, so they audit
-    as one family: every measurement that needs no base runs on each of them."""
+    """The random models of all seven architectures in one audit (`--allow-mixed`: their byte
+    tokenizers differ in special tokens): every measurement that needs no base runs on each,
+    on AdvBench's short requests (StrongREJECT's are long in byte tokens)."""
     models = [str(make_random_model(a, tmp_path / a, seed=i, context=CONTEXT))
               for i, a in enumerate(ARCHITECTURES)]
-    main(["audit", *models, "--budget", "quick", "--run-dir", str(tmp_path / "run"),
+    main(["audit", *models, "--budget", "quick", "--allow-mixed", "--harmful", "advbench",
+          "--harmless", "self-instruct-seed", "--run-dir", str(tmp_path / "run"),
           "--no-progress"])
     err = capsys.readouterr().err
     assert "skipped bon_defense: needs the family's pre-alignment model (--base)" in err

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("inspect_ai", reason="inspect-ai is not installed (pip install -e '.[dev]')")
 
 from inspect_ai import eval as inspect_eval  # noqa: E402
-from inspect_ai.log import EvalLog, list_eval_logs, read_eval_log  # noqa: E402
+from inspect_ai.log import EvalLog  # noqa: E402
 from inspect_ai.model import GenerateConfig, get_model  # noqa: E402
 
 from alignparadox.attacks.model_tinkering import (  # noqa: E402
@@ -29,6 +29,7 @@ from alignparadox.datasets import load_prompt_set  # noqa: E402
 from alignparadox.errors import UserError  # noqa: E402
 from alignparadox.geometry import Direction  # noqa: E402
 from alignparadox.targets import GenerationConfig  # noqa: E402
+from inspect_cli import finished_log  # noqa: E402
 
 # Inspect's own retry set-up warns about a tenacity argument; nothing this project controls.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'initial' parameter:DeprecationWarning")
@@ -83,15 +84,6 @@ def _start_cli(folder: Path, *model_args: str) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
-def _finish_cli(process: subprocess.Popen, folder: Path) -> EvalLog:
-    process.wait(timeout=300)
-    assert process.returncode == 0, (folder / "output.txt").read_text()[-3000:]
-    (log_file,) = list_eval_logs(str(folder / "logs"))
-    log = read_eval_log(log_file)
-    assert log.status == "success", log.error
-    return log
-
-
 def _outputs(log: EvalLog) -> list[str]:
     return [s.output.completion for s in sorted(log.samples, key=lambda s: int(s.id))]
 
@@ -117,7 +109,7 @@ def test_inspect_eval_cli_plain_and_ablated(organism, requests, refusal_directio
     runs = {"plain": _start_cli(tmp_path / "plain"),
             "ablated": _start_cli(tmp_path / "ablated", f"direction={refusal_direction}",
                                   "ablate=true")}
-    plain, ablated = (_finish_cli(runs[name], tmp_path / name) for name in ("plain", "ablated"))
+    plain, ablated = (finished_log(runs[name], tmp_path / name) for name in ("plain", "ablated"))
 
     # The answers are the target's own greedy answers, plain and ablated.
     assert _outputs(plain) == _answers(organism, requests)

@@ -19,7 +19,9 @@ from alignparadox.targets.serve import make_server
 
 pytest.importorskip("inspect_ai", reason="inspect-ai is not installed (pip install -e '.[dev]')")
 
-from inspect_ai.log import EvalLog, list_eval_logs, read_eval_log  # noqa: E402
+from inspect_ai.log import EvalLog  # noqa: E402
+
+from inspect_cli import finished_log  # noqa: E402
 
 ORGANISM = "organism:aligned-3"
 SYSTEM = "You are a helpful assistant."
@@ -82,15 +84,6 @@ def _start(folder: Path, base_url: str, *args: str) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
-def _finish(process: subprocess.Popen, folder: Path) -> EvalLog:
-    process.wait(timeout=300)
-    assert process.returncode == 0, (folder / "output.txt").read_text()[-3000:]
-    (log_file,) = list_eval_logs(str(folder / "logs"))
-    log = read_eval_log(log_file)
-    assert log.status == "success", log.error
-    return log
-
-
 def _requests(log: EvalLog) -> list[dict]:
     return [event.call.request for sample in log.samples for event in sample.events
             if event.event == "model"]
@@ -110,7 +103,8 @@ def test_inspect_openai_responses_and_openai_api_with_stop_seqs(organism, base_u
                                 "--model", f"openai/{ORGANISM}"),
             "stop": _start(tmp_path / "stop", base_url, "--model", f"openai-api/paradox/{ORGANISM}",
                            "--stop-seqs", stop)}
-    responses, stopped = (_finish(runs[name], tmp_path / name) for name in ("responses", "stop"))
+    responses, stopped = (finished_log(runs[name], tmp_path / name)
+                          for name in ("responses", "stop"))
 
     # `openai/` sends Responses API requests (input items, max_output_tokens) and needs no
     # `-M responses_api=false`; its answers are the organism's own greedy answers.
