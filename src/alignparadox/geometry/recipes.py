@@ -115,7 +115,10 @@ def fit_refusal_direction(
 ) -> FittedDirection:
     """Difference-in-means refusal direction at the selected (layer, position); see module doc."""
     model, tokenizer = target.model, target.tokenizer
-    layers = range(residual_layout(model).n_layers + 1)
+    # Layers 1..L: at a chat-template position layer 0 is the same token's embedding for every
+    # prompt (plus, with learned positions, the prompt's length), so it holds no refusal
+    # direction, and separability (`geometry.measurement.state_layers`) cannot use it.
+    layers = range(1, residual_layout(model).n_layers + 1)
     fit = [behaviours.requests(kind, "fit", n_fit, seed) for kind in (HARMFUL, HARMLESS)]
     select = [behaviours.requests(kind, "select", n_select, seed) for kind in (HARMFUL, HARMLESS)]
     tokens, source = refusal_tokens(target, fit[0], judge, max_new_tokens=max_new_tokens,
