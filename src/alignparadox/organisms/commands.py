@@ -17,14 +17,20 @@ def build(force: bool = typer.Option(False, help="Retrain the standard family ev
                                                  "cached (robust families are reused by key)."),
           seed: int = typer.Option(0, help="Seed of the whole family."),
           robust: str = typer.Option("", help="Also build robust families: a comma-separated "
-                                              "list of refat, lat, rr, or all.")) -> None:
-    """Train the base organism and the aligned family (cached by config hash), and with
-    --robust the robust-training families (`organism:METHOD/aligned-k`)."""
+                                              "list of refat, lat, rr, or all."),
+          axes: str = typer.Option("", help="Also build alignment-axis families: a "
+                                            "comma-separated list of sft, dpo, share, or all."),
+          axis_seeds: str = typer.Option("0,1,2", help="Alignment seeds of the --axes "
+                                                       "families.")) -> None:
+    """Train the base organism and the aligned family (cached by config hash), with
+    --robust the robust-training families (`organism:METHOD/aligned-k`) and with --axes the
+    alignment-axis families (`organism:AXIS-sSEED/aligned-k`)."""
     from alignparadox.organisms.family import build_family
     from alignparadox.organisms.train import OrganismConfig
 
     config = OrganismConfig(seed=seed)
     methods = _robust_methods(robust)  # a mistake is reported before anything is trained
+    axis_plan = _axis_plan(axes, axis_seeds)
     family = build_family(config, force=force)
     _print_family(family)
     console.print(f"family at {family.path} (built in {family.build_seconds:.0f} s)")
@@ -36,6 +42,48 @@ def build(force: bool = typer.Option(False, help="Retrain the standard family ev
             _print_robust_family(robust_family)
             console.print(f"{method} family at {robust_family.path} (built in "
                           f"{robust_family.manifest['build_seconds']:.0f} s)")
+    if axis_plan:
+        from alignparadox.organisms.axes import build_axis_family
+
+        for axis, axis_seed in axis_plan:
+            axis_family = build_axis_family(axis, axis_seed, config)
+            _print_axis_family(axis_family)
+            console.print(f"{axis_family.name} family at {axis_family.path} (built in "
+                          f"{axis_family.manifest['build_seconds']:.0f} s)")
+
+
+def _axis_plan(axes: str, seeds: str) -> list[tuple[str, int]]:
+    from alignparadox.errors import UserError
+    from alignparadox.organisms.axes import AXES, SEEDS
+
+    names = [name.strip() for name in axes.split(",") if name.strip()]
+    if not names:
+        return []
+    names = list(AXES) if names == ["all"] else list(dict.fromkeys(names))
+    unknown = [name for name in names if name not in AXES]
+    if unknown:
+        raise UserError(f"unknown alignment axis {unknown[0]!r} in --axes; use a "
+                        f"comma-separated list of {', '.join(AXES)}, or all.")
+    try:
+        numbers = [int(text) for text in seeds.split(",") if text.strip()]
+    except ValueError:
+        raise UserError(f"--axis-seeds must be a comma-separated list of "
+                        f"{', '.join(map(str, SEEDS))}, got {seeds!r}.") from None
+    if not numbers or any(number not in SEEDS for number in numbers):
+        raise UserError(f"--axis-seeds must be a comma-separated list of "
+                        f"{', '.join(map(str, SEEDS))}, got {seeds!r}.")
+    return [(axis, number) for axis in names for number in dict.fromkeys(numbers)]
+
+
+def _print_axis_family(family) -> None:
+    table = Table(Column("organism", no_wrap=True), "alignment strength", "steps",
+                  "validation refusal", "harmless refused", "weights")
+    for member in family.members:
+        harmless = member.get("validation_harmless_refusal")
+        table.add_row(f"{family.name}/{member['name']}", f"{member['alignment_strength']:g}",
+                      str(member["alignment_steps"]), f"{member['validation_refusal']:.2f}",
+                      "" if harmless is None else f"{harmless:.2f}", member["weight_hash"][:12])
+    console.print(table)
 
 
 def _robust_methods(text: str) -> list[str]:

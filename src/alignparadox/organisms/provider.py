@@ -10,6 +10,10 @@ from alignparadox.targets.providers import TargetProvider
 
 
 def _resolve(name: str) -> Path:
+    from alignparadox.organisms.axes import axis_organism_path, is_axis_name
+
+    if is_axis_name(name):  # an alignment-axis family's member, e.g. dpo-s1/aligned-3
+        return axis_organism_path(name)
     if "/" in name:  # a robust family's member, e.g. lat/aligned-3 (organisms.robust)
         from alignparadox.organisms.robust import robust_organism_path
 
@@ -20,6 +24,12 @@ def _resolve(name: str) -> Path:
 
 
 def _check(name: str) -> None:
+    from alignparadox.organisms.axes import is_axis_name
+    from alignparadox.organisms.axes import split_name as split_axis_name
+
+    if is_axis_name(name):
+        split_axis_name(name)
+        return
     if "/" in name:
         from alignparadox.organisms.robust import split_name
 
@@ -35,6 +45,11 @@ def _describe(name: str) -> dict[str, Any]:
     reports (two machines, two builds) can be compared member by member. The members' weight
     hashes tell a report which stored targets are members of the family (a robust family's
     `base` is the standard family's base organism, stored once as `organism:base`)."""
+    from alignparadox.organisms.axes import describe as describe_axis_member
+    from alignparadox.organisms.axes import is_axis_name
+
+    if is_axis_name(name):  # the card already carries the members' weight hashes
+        return describe_axis_member(name)
     if "/" in name:
         return _describe_robust(name)
     from alignparadox.organisms.family import load_family
