@@ -47,8 +47,11 @@ def test_audit_runs_plans_reports_and_writes_a_spec_that_reproduces_its_cells(
                         "output_tinkering", "bon_defense"):
         assert measurement in sections, measurement
     assert 'id="failed-cells"' not in html
-    # The given strengths place the models on the audit's own axis.
+    # The given strengths place the models on the audit's own axis; the report states the
+    # default judge's limits and what the audit skipped.
     assert "alignment strength given to the audit" in html
+    assert "Judge substring." in html and "cannot see harm" in html
+    assert "Skipped by the audit" in html or "templates" in sections
     # The written spec plans exactly the cells the audit ran (same keys).
     spec = StudySpec.from_file(spec_out)
     with read_store(run_dir) as store:

@@ -342,6 +342,24 @@ def test_rescoring_every_candidate_follows_the_exact_path(tiny_llama):
     assert (covered.best_ids, covered.losses) == (exact.best_ids, exact.losses)
 
 
+def test_screening_casts_the_weights_once_per_run_not_per_step(tiny_llama):
+    # Autocast caches its bf16 copies of fp32 weights only while an autocast region is open;
+    # run() keeps one open, so weight-shaped casts must not grow with the number of steps.
+    from torch.profiler import ProfilerActivity, profile
+
+    shapes = {tuple(p.shape) for p in tiny_llama.model.parameters() if p.dim() == 2}
+
+    def weight_casts(steps: int) -> int:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            gcg.run(tiny_llama, REQUEST, TARGET, screened_config(num_steps=steps))
+        return sum(1 for event in prof.events() if event.name == "aten::_to_copy"
+                   and event.input_shapes and tuple(event.input_shapes[0]) in shapes)
+
+    one, three = weight_casts(1), weight_casts(3)
+    assert one > 0  # screening did cast the weights...
+    assert three == one  # ...but only once, however many steps ran
+
+
 @pytest.mark.parametrize("mode", ["buffer", "multi-prompt", "ensemble", "probe"])
 def test_screening_keeps_every_mode_exact(tiny_llama, second_llama, mode):
     targets, requests, goals = [tiny_llama], [REQUEST], [TARGET]

@@ -1,4 +1,4 @@
-"""GCG beside nanoGCG 0.3.0, in one run:  python benchmarks/gcg/run.py [--quick]
+"""GCG beside nanoGCG 0.3.0, in one run:  python benchmarks/gcg/run.py [--quick] [--only ...]
 
 1. Speed: seconds per step on the aligned-5 organism and on a ~100M-parameter random-weight
    Llama (same request, target, initial suffix, search width, top-k; no early stop), in
@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,6 +129,7 @@ def speed(name: str, folder: Path, draft: Path, steps: int, width: int, topk: in
               {"name": "nanoGCG probe fp32", "dtype": "float32", "draft": str(draft)},
               {"name": "nanoGCG probe bf16", "dtype": "bfloat16", "draft": str(draft)}]
     samples: dict[str, list[float]] = {}
+    phases: dict[str, list[float]] = {}
     screen = None
     for round_ in range(rounds):
         def run_theirs() -> None:
@@ -137,16 +140,27 @@ def speed(name: str, folder: Path, draft: Path, steps: int, width: int, topk: in
         if round_ % 2:  # alternate who goes first
             run_theirs()
         for key, (target, config, draft_model) in ours.items():
-            run = run_ours(target, [REQUEST], [TARGET], config, draft_model)[0]
+            with _timed_phases(phases if key == "ours default" else None):
+                run = run_ours(target, [REQUEST], [TARGET], config, draft_model)[0]
             samples.setdefault(key, []).append(statistics.median(run["step_seconds"]))
             screen = run["screen"] if key == "ours default" else screen
         if not round_ % 2:
             run_theirs()
+    samples["nanoGCG best"] = [min(a, b) for a, b in zip(samples["nanoGCG fp32"],
+                                                        samples["nanoGCG bf16"], strict=True)]
     medians = {key: statistics.median(values) for key, values in samples.items()}
     print(f"\n{name}: width {width}, top-k {topk}, {steps} steps per run, {rounds} rounds; "
           f"ours default screens in {screen or 'nothing (exact fp32)'}; probe draft: "
           f"{draft.name}")
     print("  median s/step: " + ", ".join(f"{key} {value:.3f}" for key, value in medians.items()))
+    total = sum(phases.values())
+    if total:
+        print("  ours default, where a step's time goes (all rounds): " + ", ".join(
+            f"{key} {value / total:.1%}" for key, value in phases.items()))
+    if not gcg.has_fast_bf16("cpu"):
+        print("  (no fast bf16 on this CPU: bf16 matrix multiplies are emulated, so bf16 runs are"
+              " slow here and the bf16 goal compares against a peer below its best; 'nanoGCG"
+              " best' is the faster of its fp32 and bf16 runs in each round)")
 
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
@@ -154,6 +168,7 @@ def speed(name: str, folder: Path, draft: Path, steps: int, width: int, topk: in
     ratios = {}
     for a, b, goal in (("ours default", "nanoGCG fp32", "<= 0.5x at 100M"),
                        ("ours default", "nanoGCG bf16", "<= 0.7x at 100M"),
+                       ("ours default", "nanoGCG best", ""),
                        ("ours bf16 model", "nanoGCG bf16", ""),
                        ("ours all-fp32", "nanoGCG fp32", ""),
                        ("ours default", "ours all-fp32", ""),
@@ -164,6 +179,41 @@ def speed(name: str, folder: Path, draft: Path, steps: int, width: int, topk: in
     return ratios
 
 
+@contextmanager
+def _timed_phases(totals: dict[str, float] | None) -> Iterator[None]:
+    """Add to `totals` (None: nothing timed) the seconds our run spends in the gradient pass,
+    in screening (candidates scored in the screening dtype) and in exact scoring (every
+    candidate when not screening; the best `rescore_k` when screening)."""
+    if totals is None:
+        yield
+        return
+    gradient, score = gcg._Objective.gradient, gcg._score
+
+    def add(key: str, since: float) -> None:
+        totals[key] = totals.get(key, 0.0) + time.perf_counter() - since
+
+    def timed_gradient(self, *args, **kwargs):
+        since = time.perf_counter()
+        try:
+            return gradient(self, *args, **kwargs)
+        finally:
+            add("gradient", since)
+
+    def timed_score(*args, **kwargs):
+        screen = kwargs.get("screen", args[5] if len(args) > 5 else False)
+        since = time.perf_counter()
+        try:
+            return score(*args, **kwargs)
+        finally:
+            add("screening" if screen else "exact scoring", since)
+
+    gcg._Objective.gradient, gcg._score = timed_gradient, timed_score
+    try:
+        yield
+    finally:
+        gcg._Objective.gradient, gcg._score = gradient, score
+
+
 # -- 2. screening --------------------------------------------------------------------------------
 
 
@@ -172,7 +222,8 @@ def screening(name: str, folder: Path, steps: int, width: int, topk: int, k: int
     target = load_target(folder, dtype="fp32", device="cpu")
     config = our_config(num_steps=steps, search_width=width, topk=topk, early_stop=False,
                         rescore_k=k)
-    changes: list[float] = []  # per step: exact loss of the screened choice minus the best
+    changes: list[float | None] = []  # per step: None if the screened choice is the fp32 one,
+    # else its exact loss minus the fp32 choice's (0.0: a different candidate, tied)
     exact_select = gcg.select_candidate
 
     def both(objectives, kvs, ids, candidates, config, screen):
@@ -185,8 +236,7 @@ def screening(name: str, folder: Path, steps: int, width: int, topk: int, k: int
         finally:
             for objective, dtype in zip(objectives, saved, strict=True):
                 objective.screen_dtype = dtype
-        changes.append(screened[0] - exact[0] if not torch.equal(screened[1], exact[1])
-                       else 0.0)
+        changes.append(None if torch.equal(screened[1], exact[1]) else screened[0] - exact[0])
         return exact
 
     gcg.select_candidate = both  # run() looks it up in the module at every step
@@ -195,14 +245,20 @@ def screening(name: str, folder: Path, steps: int, width: int, topk: int, k: int
     finally:
         gcg.select_candidate = exact_select
     screened = gcg.run(target, REQUEST, TARGET, replace(config, screen_dtype="bfloat16"))
-    changed = [c for c in changes if c]
+    changed = [c for c in changes if c is not None]
+    tied = sum(1 for c in changed if c == 0)
     print(f"\n{name}: screening (bf16, re-score best {k} of up to {width}) changed the choice "
           f"in {len(changed)}/{len(changes)} steps of the all-fp32 path"
-          + (f" (exact loss given up: mean {statistics.fmean(changed):.4f})" if changed else ""))
+          + (f" ({tied} to a candidate of the same exact loss; exact loss given up: mean "
+             f"{statistics.fmean(changed):.4f})" if changed else ""))
     same = fp32.losses == screened.losses and fp32.best_ids == screened.best_ids
     print(f"  loss curve all-fp32: {' '.join(f'{x:.4f}' for x in fp32.losses)}")
     print(f"  loss curve screened: {' '.join(f'{x:.4f}' for x in screened.losses)}")
-    print(f"  same path (losses and best suffix): {same}")
+    differ = [i + 1 for i, (a, b) in enumerate(zip(fp32.losses, screened.losses, strict=True))
+              if a != b]
+    print(f"  same path (losses and best suffix): {same}"
+          + (f"; losses differ (bitwise) at steps {differ}" if differ else "")
+          + ("" if fp32.best_ids == screened.best_ids else "; best suffixes differ"))
 
 
 # -- 3. equal-time ASR ---------------------------------------------------------------------------
@@ -288,7 +344,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: fewer rounds, steps, requests and organisms")
+    parser.add_argument("--only", default="speed,screening,asr",
+                        help="comma-separated sections to run (speed, screening, asr); "
+                             "default: all")
     args = parser.parse_args()
+    sections = set(args.only.split(","))
+    if not sections <= {"speed", "screening", "asr"}:
+        parser.error(f"unknown section in --only {args.only!r}")
     torch.set_num_threads(1)
     ensure_venv()
     started = time.perf_counter()
@@ -296,18 +358,24 @@ def main() -> None:
     print(f"GCG, ours vs nanoGCG 0.3.0 (suffix '{SUFFIX_INIT[:9]}...', 1 CPU thread; "
           f"fast bf16 here: {gcg.has_fast_bf16('cpu')}; rescore_k {gcg.GCGConfig().rescore_k})",
           flush=True)
-    speed("organism aligned-5", organism_path("aligned-5"), organism_path("base"),
-          3 if args.quick else 6, 64, 64, rounds)
+    if "speed" in sections:
+        speed("organism aligned-5", organism_path("aligned-5"), organism_path("base"),
+              3 if args.quick else 6, 64, 64, rounds)
     with tempfile.TemporaryDirectory() as scratch:
-        big = make_random_model("llama", Path(scratch) / "llama-100m", size="100m")
-        small = make_random_model("llama", Path(scratch) / "llama-tiny-draft", size="tiny")
-        speed("random llama ~100M", big, small, 2 if args.quick else 3, 32, 64, rounds)
-        screening("random llama ~100M", big, 3 if args.quick else 8, 32, 64,
-                  gcg.GCGConfig().rescore_k)
-    screening("organism aligned-5", organism_path("aligned-5"), 3 if args.quick else 8, 64, 64,
-              gcg.GCGConfig().rescore_k)
-    organisms = ["aligned-5"] if args.quick else ["aligned-1", "aligned-3", "aligned-5"]
-    asr_at_equal_time(organisms, 2 if args.quick else 8, 2.0 if args.quick else 5.0, 64, 64)
+        if sections & {"speed", "screening"}:
+            big = make_random_model("llama", Path(scratch) / "llama-100m", size="100m")
+            small = make_random_model("llama", Path(scratch) / "llama-tiny-draft", size="tiny")
+        if "speed" in sections:
+            speed("random llama ~100M", big, small, 2 if args.quick else 3, 32, 64, rounds)
+        if "screening" in sections:
+            screening("random llama ~100M", big, 3 if args.quick else 8, 32, 64,
+                      gcg.GCGConfig().rescore_k)
+    if "screening" in sections:
+        screening("organism aligned-5", organism_path("aligned-5"), 3 if args.quick else 8, 64,
+                  64, gcg.GCGConfig().rescore_k)
+    if "asr" in sections:
+        organisms = ["aligned-5"] if args.quick else ["aligned-1", "aligned-3", "aligned-5"]
+        asr_at_equal_time(organisms, 2 if args.quick else 8, 2.0 if args.quick else 5.0, 64, 64)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

@@ -284,8 +284,9 @@ def audit_spec(models: Sequence[str], *, base: str | None = None, budget: str = 
              if strengths else None)
     # The base is the defense's reference, not a member: list it among the models to have it
     # measured as the family's weakest member.
+    notes = tuple(f"Skipped by the audit: {what} ({why})." for what, why in skipped.items())
     return StudySpec(targets=tuple(models), measurements=tuple(plans), name=name,
-                     strengths=given), skipped
+                     strengths=given, notes=notes), skipped
 
 
 def _templates_available() -> bool:

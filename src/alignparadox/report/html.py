@@ -41,6 +41,7 @@ class ReportOptions:
     all_rows: Mapping[str, list[CellRecord]] = field(default_factory=dict)
     # The latest study's own `strengths` ({"axis": ..., "values": {target: x}}), if it gave any.
     strengths: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()  # the latest study's own notes
 
 
 @dataclass(frozen=True)

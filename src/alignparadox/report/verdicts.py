@@ -32,6 +32,13 @@ from alignparadox.study.strength import COST, SUCCESS, ParadoxMeasure
 MEASURED_REFUSAL = "measured refusal rate"
 POOLED = "pooled over axes"
 HOLDS, OPPOSITE, INCONCLUSIVE = "paradox holds", "opposite", "inconclusive"
+# What a reader must know of a judge whose verdicts the table rests on.
+JUDGE_LIMITS = {
+    "substring": "It matches refusal phrases in an answer's opening and calls every other "
+                 "answer harmful compliance: it cannot see harm, so an ASR counts answers that "
+                 "did not refuse (incoherent or harmless ones included). Give a classifier or "
+                 "LLM judge for harmfulness.",
+}
 INCARNATIONS = ("separability", "model tinkering", "input tinkering", "output tinkering")
 
 
@@ -148,6 +155,12 @@ def verdict_section(measures: Sequence[ParadoxMeasure],
         "cost), the interval excluding 0; <em>opposite</em>: excluded the other way; "
         "<em>inconclusive</em>: the interval contains 0. For separability, <em>holds</em> "
         "means more aligned, more separable. Verdicts: {}.</p>").format(summary or "none")
+    judges = sorted({row.judge for rows in options.all_rows.values() for row in rows
+                     if row.judge in JUDGE_LIMITS})
+    for judge in judges:
+        intro += Markup("<p><b>Judge {}.</b> {}</p>").format(judge, JUDGE_LIMITS[judge])
+    for note in options.notes:
+        intro += Markup("<p>{}</p>").format(note)
     if unplaced:
         intro += Markup("<p>Left out (no alignment strength in their provenance and no "
                         "<code>alignment</code> measurement): {}.</p>").format(

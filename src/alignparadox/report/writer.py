@@ -93,7 +93,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     for record in done:
         by_measurement[record.measurement].append(record)
     options = ReportOptions(show_completions=show_completions, all_rows=dict(by_measurement),
-                            strengths=studies[-1]["spec"].get("strengths") if studies else None)
+                            strengths=studies[-1]["spec"].get("strengths") if studies else None,
+                            notes=tuple(studies[-1]["spec"].get("notes", [])) if studies else ())
 
     measurements = {name: find_measurement(name) for name in by_measurement}
     order = sorted(by_measurement, key=lambda name: (

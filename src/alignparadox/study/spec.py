@@ -31,7 +31,7 @@ from alignparadox.datasets.io import read_text
 from alignparadox.errors import UserError
 from alignparadox.study.cells import canonical_json
 
-_STUDY_KEYS = {"name", "seed", "targets", "measurements", "strengths"}
+_STUDY_KEYS = {"name", "seed", "targets", "measurements", "strengths", "notes"}
 _MEASUREMENT_KEYS = {"name", "settings", "grid", "targets"}
 
 
@@ -54,6 +54,8 @@ class StudySpec:
     # Alignment strength the study gives its targets ({"axis": NAME, "values": {target: x}}):
     # the report's verdicts place these targets by it instead of by their providers' cards.
     strengths: Mapping[str, Any] | None = None
+    # Sentences the report shows with the verdict (e.g. what `paradox audit` skipped and why).
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_file(cls, path: str | Path) -> StudySpec:
@@ -93,8 +95,11 @@ class StudySpec:
         plans = tuple(_measurement(entry, f"{source}: measurement {index + 1}")
                       for index, entry in enumerate(raw_measurements))
         strengths = _strengths(data.get("strengths"), targets, f"{source}: strengths")
+        notes = data.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise UserError(f"{source}: notes must be a list of strings.")
         return cls(targets=targets, measurements=plans, seed=seed, name=name,
-                   strengths=strengths)
+                   strengths=strengths, notes=tuple(notes))
 
     def as_dict(self) -> dict[str, Any]:
         plans = []
@@ -107,6 +112,8 @@ class StudySpec:
             plans.append(entry)
         spec = {"name": self.name, "seed": self.seed, "targets": list(self.targets),
                 "measurements": plans}
+        if self.notes:
+            spec["notes"] = list(self.notes)
         if self.strengths is not None:
             spec["strengths"] = {"axis": self.strengths["axis"],
                                  "values": dict(self.strengths["values"])}

@@ -27,6 +27,10 @@ bf16 matrix multiplies run several times faster than fp32 there. Autocast keeps 
 of the weights for the whole run (half the fp32 weights' memory on top of the model, freed when
 the run ends), so they are cast once, not once per step; the model itself is not changed. The
 gradient pass stays in the model's dtype: it also makes the KV cache the exact re-score reuses.
+So against a tool whose model is all bf16, what a screened step still pays for is exactness
+(the gradient pass and the re-score, in the model's dtype), not casting: the weight casts do
+not grow with the number of steps (tests/test_gcg_attack.py checks it by op counts), and a
+bf16 copy of the model would save only the casts of activations.
 
 Options: a candidate buffer, a universal suffix over several requests (mean loss), an ensemble
 of models sharing a tokenizer (summed loss), probe sampling with a smaller draft model (Zhao et

@@ -39,6 +39,7 @@ from alignparadox.study.measurement import (
     register_measurement,
 )
 from alignparadox.study.store import CellRecord
+from alignparadox.study.strength import COST, SUCCESS, ParadoxMeasure
 from alignparadox.targets.providers import alignment_strength
 
 # Settings passed straight to GCGConfig.
@@ -178,6 +179,15 @@ class GCGAttack(Measurement):
         return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
                           prompt_sets={requests.name: requests.sha256}, judge=judge_spec)
 
+    def paradox_measures(self, rows: list[CellRecord],
+                         options: ReportOptions) -> list[ParadoxMeasure]:
+        done = [r for r in rows if r.results and r.results["attacks"]]
+        return [ParadoxMeasure("input tinkering", "GCG", SUCCESS, {
+                    r.target: r.results["asr"]["rate"] for r in done}, "ASR within the steps"),
+                ParadoxMeasure("input tinkering", "GCG", COST, {
+                    r.target: _steps_spent(r.results) for r in done},
+                    "steps spent per request (failures at the full budget)")]
+
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)
         strengths = alignment_strengths(options, rows)
@@ -193,8 +203,7 @@ class GCGAttack(Measurement):
                                           lambda results: results["asr"]["rate"])
         correlation += paradox_correlation(
             rows, options, "GCG steps spent per request",
-            lambda results: (statistics.fmean(len(a["losses"]) for a in results["attacks"])
-                             if results["attacks"] else None),
+            lambda results: _steps_spent(results) if results["attacks"] else None,
             is_cost=True)
         shown = [(r.target, a) for r in rows
                  for a in sorted(r.results["attacks"], key=lambda a: not a["harmful"])[:3]]
@@ -238,3 +247,8 @@ def _running_min(values: list[float]) -> list[float]:
         low = min(low, value)
         out.append(low)
     return out
+
+
+def _steps_spent(results: Mapping[str, Any]) -> float:
+    """Mean GCG steps per request; an attack that never succeeded ran its whole budget."""
+    return statistics.fmean(len(a["losses"]) for a in results["attacks"])
