@@ -83,8 +83,26 @@ def test_quick_audit_of_a_family_of_every_architecture(tmp_path, capsys):
 def test_audit_plan_only_runs_nothing(family, tmp_path, capsys):
     run_dir = tmp_path / "run"
     main(["audit", str(family[1]), "--plan-only", "--run-dir", str(run_dir)])
-    assert "audit plan" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "audit plan" in err and "judge: substring" in err
     assert not run_dir.exists()
+
+
+def test_a_known_classifier_in_the_local_hub_cache_is_the_default_judge(
+        family, tmp_path, capsys, monkeypatch):
+    """Weights of a known harmfulness classifier in the Hugging Face cache (here a random model
+    in its place) make it the audit's judge, with its prompt format."""
+    from huggingface_hub import constants
+
+    snapshot = (tmp_path / "hub" / "models--cais--HarmBench-Llama-2-13b-cls" / "snapshots"
+                / "0123abcd")
+    make_random_model("llama", snapshot, seed=5)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    main(["audit", str(family[1]), "--plan-only", "--spec-out", str(tmp_path / "spec.json")])
+    assert f"judge: classifier:{snapshot}#harmbench" in capsys.readouterr().err
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert {m["settings"]["judge"] for m in spec["measurements"]} == {
+        f"classifier:{snapshot}#harmbench"}
 
 
 def test_bad_audit_input_is_one_sentence_and_leaves_nothing(family, tmp_path, capsys,

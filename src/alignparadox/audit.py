@@ -9,8 +9,9 @@ measurements that need only answers (templates, PAIR, Best-of-N), and the plan s
 skipped and why. `--base` (the family's pre-alignment model) adds the latent-attribution
 defense with it as reference. Requests default to the target's own behaviour set (organisms),
 else the public sets on this machine (harmful: StrongREJECT; harmless: JBB-benign), never one
-silently replaced by another; the judge is the user's, else the target's own, else the
-refusal-substring judge (whose limit the report's judge notes state). Alignment strength is
+silently replaced by another; the judge is the user's, else the target's own, else a known
+harmfulness classifier whose weights are in the local Hugging Face cache (HarmBench's, Llama
+Guard 3), else the refusal-substring judge (whose limits the report states). Alignment strength is
 `--strength` (one number per model, in order), else what the targets' providers record, else
 the measured refusal rate.
 
@@ -42,6 +43,28 @@ BLACK_BOX_MEASUREMENTS = ("templates", "pair", "best_of_n")
 PUBLIC_HARMFUL, PUBLIC_HARMLESS = "strongreject", "jbb-benign"
 TEMPLATE_CORPUS = "jailbreak-templates"
 ALL_BON_ATTACKS = ["direct", "bon_augment", "templates", "gcg", "pair", "steering"]
+
+
+# Harmfulness classifiers the audit uses as its judge when their weights are on this machine (in
+# the Hugging Face cache), best first, with their prompt format (`judges.classifier`).
+KNOWN_CLASSIFIERS = (("cais/HarmBench-Llama-2-13b-cls", "harmbench"),
+                     ("meta-llama/Llama-Guard-3-8B", "llama_guard"),
+                     ("cais/HarmBench-Mistral-7b-val-cls", "harmbench"),
+                     ("meta-llama/Llama-Guard-3-1B", "llama_guard"))
+
+
+def local_classifier() -> str | None:
+    """`classifier:FOLDER#FORMAT` of the first known classifier whose weights (safetensors)
+    are in the local Hugging Face cache, else None. Nothing is downloaded."""
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE)
+    for repo, prompt_format in KNOWN_CLASSIFIERS:
+        snapshots = cache / f"models--{repo.replace('/', '--')}" / "snapshots"
+        for folder in sorted(snapshots.glob("*")):
+            if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+                return f"classifier:{folder}#{prompt_format}"
+    return None
 
 
 def _pick(budget: str, quick: Any, standard: Any, full: Any) -> Any:
@@ -254,8 +277,8 @@ def audit_spec(models: Sequence[str], *, base: str | None = None, budget: str = 
                     from None
     if judge is not None:
         requests["judge"] = judge
-    elif requests or not own:
-        requests["judge"] = "substring"
+    elif requests or not own:  # the best judge on this machine: a classifier, else substring
+        requests["judge"] = local_classifier() or "substring"
     skipped: dict[str, str] = {}
     plans = []
     for measurement, settings in budget_settings(budget).items():
@@ -365,7 +388,7 @@ def audit(
     from alignparadox.report.writer import read_store
     from alignparadox.study.runner import StudyStopped, prepare_run_dir, run_study
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)  # paths whole
     if budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}.")
     if spec_out is not None:
@@ -393,6 +416,8 @@ def audit(
     console.print(table)
     console.print(f"estimated total {_duration(total)} (from a {calibration:.1f} s calibration "
                   f"on {white[0]})" if white else "no estimate: no white-box model to time")
+    judges = {plan.settings.get("judge") for plan in spec.measurements}
+    console.print(f"judge: {', '.join(sorted(j for j in judges if j)) or 'each target’s own'}")
     for name, why in skipped.items():
         console.print(f"skipped {name}: {why}")
     if spec_out is not None:
