@@ -130,3 +130,45 @@ def test_bad_audit_input_is_one_sentence_and_leaves_nothing(family, tmp_path, ca
         line = refused(capsys, *args, *(common if "--spec-out" not in args else common[:2]))
         assert expected in line, (args, line)
         assert not run_dir.exists() and not spec_out.exists(), args
+
+
+def test_missing_default_sets_are_fetched_into_the_cache(family, tmp_path, monkeypatch, capsys):
+    """No datasets folder: the default StrongREJECT and JBB-benign files come from a mirror (a
+    real HTTP server on 127.0.0.1 laid out like the datasets root) into the cache; offline,
+    the audit refuses in one sentence."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    if not (shared / "strongreject").is_dir():
+        pytest.skip(f"no public prompt sets at {shared}")
+    root = tmp_path / "mirror"
+    for folder in ("strongreject", "jbb_behaviors"):
+        shutil.copytree(shared / folder, root / folder)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("ALIGNPARADOX_DATASETS", raising=False)
+    monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work" / "here"  # no ../shared/datasets from here
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    try:
+        monkeypatch.setenv("ALIGNPARADOX_PROMPTS_MIRROR", "http://127.0.0.1:9")  # nothing there
+        line = refused(capsys, "audit", str(family[1]), "--plan-only")
+        assert "could not be fetched" in line and "--harmful SET_OR_FILE" in line
+        monkeypatch.setenv("ALIGNPARADOX_PROMPTS_MIRROR",
+                           f"http://127.0.0.1:{server.server_address[1]}")
+        main(["audit", str(family[1]), "--plan-only"])
+        assert "audit plan" in capsys.readouterr().err
+        fetched = sorted(p.relative_to(tmp_path / "cache" / "prompt-sets").as_posix()
+                         for p in (tmp_path / "cache" / "prompt-sets").rglob("*.csv"))
+        assert fetched == ["jbb_behaviors/jbb_benign_behaviors.csv",
+                           "strongreject/strongreject_dataset.csv"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,12 +8,12 @@ several sizes), white-box (local folders, Hub ids, `organism:NAME`) or black-box
 measurements that need only answers (templates, PAIR, Best-of-N), and the plan says what is
 skipped and why. `--base` (the family's pre-alignment model) adds the latent-attribution
 defense with it as reference. Requests default to the target's own behaviour set (organisms),
-else the public sets on this machine (harmful: StrongREJECT; harmless: JBB-benign), never one
-silently replaced by another; the judge is the user's, else the target's own, else a known
-harmfulness classifier whose weights are in the local Hugging Face cache (HarmBench's, Llama
-Guard 3), else the refusal-substring judge (whose limits the report states). Alignment strength is
-`--strength` (one number per model, in order), else what the targets' providers record, else
-the measured refusal rate.
+else public sets (harmful: StrongREJECT; harmless: JBB-benign), fetched into the cache when they
+are not on the machine, never one silently replaced by another; the judge is the user's, else
+the target's own, else a known harmfulness classifier whose weights are in the local Hugging
+Face cache (HarmBench's, Llama Guard 3), else the refusal-substring judge (whose limits the
+report states). Alignment strength is `--strength` (one number per model, in order), else what
+the targets' providers record, else the measured refusal rate.
 
 Before it starts, the command prints the plan: cells per measurement and a time estimate from a
 short calibration run (a batched greedy generation on the first white-box model), and after
@@ -268,13 +268,12 @@ def audit_spec(models: Sequence[str], *, base: str | None = None, budget: str = 
     requests: dict[str, Any] = {}
     if harmful or harmless or not own:
         requests = {"harmful": harmful or PUBLIC_HARMFUL, "harmless": harmless or PUBLIC_HARMLESS}
+        given = {"harmful": harmful, "harmless": harmless}
         for part, source in requests.items():
-            try:
+            if given[part]:
                 check_source(source, part)
-            except UserError as error:
-                raise UserError(f"{error} (the audit's default {part} set; fetch it with "
-                                f"`paradox prompts fetch` or give --{part} SET_OR_FILE)") \
-                    from None
+            else:
+                _default_set(source, part)
     if judge is not None:
         requests["judge"] = judge
     elif requests or not own:  # the best judge on this machine: a classifier, else substring
@@ -310,6 +309,25 @@ def audit_spec(models: Sequence[str], *, base: str | None = None, budget: str = 
     notes = tuple(f"Skipped by the audit: {what} ({why})." for what, why in skipped.items())
     return StudySpec(targets=tuple(models), measurements=tuple(plans), name=name,
                      strengths=given, notes=notes), skipped
+
+
+def _default_set(name: str, part: str) -> None:
+    """A default public set that is not on this machine is fetched into the cache (a machine
+    with internet, or $ALIGNPARADOX_PROMPTS_MIRROR), where every command then finds it."""
+    from alignparadox.datasets import load_prompt_set
+    from alignparadox.datasets.registry import fetch_set
+
+    try:
+        load_prompt_set(name)
+        return
+    except UserError:
+        pass
+    try:
+        fetch_set(name)
+        load_prompt_set(name)
+    except UserError as error:
+        raise UserError(f"the audit's default {part} set {name} is not on this machine and "
+                        f"could not be fetched ({error}); give --{part} SET_OR_FILE.") from None
 
 
 def _templates_available() -> bool:
