@@ -172,3 +172,27 @@ def test_missing_default_sets_are_fetched_into_the_cache(family, tmp_path, monke
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_endpoint_gets_the_black_box_measurements_and_the_report_says_what_was_skipped(
+        family, tmp_path, capsys):
+    """A model served over real HTTP on 127.0.0.1 beside its white-box twin: the endpoint gets
+    the measurements that need only answers; the report names what it did not get, and why."""
+    from alignparadox.targets import load_target
+    from alignparadox.targets.serve import make_server
+    from serving import running
+
+    server = make_server(load_target(family[1], name="twin"), port=0)
+    with running(server):
+        endpoint = f"{server.base_url}#twin"
+        run_dir = tmp_path / "run"
+        main(["audit", endpoint, "--budget", "quick", "--harmful", "advbench", "--harmless",
+              "self-instruct-seed", "--run-dir", str(run_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "skipped alignment: white-box only; every model given is an endpoint" in err
+    with read_store(run_dir) as store:
+        measured = {r.measurement for r in store.records()}
+    assert measured and measured <= {"templates", "pair", "best_of_n"}
+    assert {"pair", "best_of_n"} <= measured
+    html = (run_dir / "report.html").read_text()
+    assert "Skipped by the audit: alignment (white-box only" in html
