@@ -302,13 +302,13 @@ def audit_spec(models: Sequence[str], *, base: str | None = None, budget: str = 
             skipped[f"{measurement} on endpoints"] = "white-box only (reads or edits weights)"
         plans.append(MeasurementPlan(measurement, {**settings, **requests},
                                      targets=tuple(targets) if targets != list(models) else None))
-    given = ({"axis": "alignment strength given to the audit", "values": dict(strengths)}
-             if strengths else None)
+    given_strengths = ({"axis": "alignment strength given to the audit",
+                        "values": dict(strengths)} if strengths else None)
     # The base is the defense's reference, not a member: list it among the models to have it
     # measured as the family's weakest member.
     notes = tuple(f"Skipped by the audit: {what} ({why})." for what, why in skipped.items())
     return StudySpec(targets=tuple(models), measurements=tuple(plans), name=name,
-                     strengths=given, notes=notes), skipped
+                     strengths=given_strengths, notes=notes), skipped
 
 
 def _default_set(name: str, part: str) -> None:
