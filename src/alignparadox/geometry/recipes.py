@@ -115,10 +115,7 @@ def fit_refusal_direction(
 ) -> FittedDirection:
     """Difference-in-means refusal direction at the selected (layer, position); see module doc."""
     model, tokenizer = target.model, target.tokenizer
-    # Layers 1..L: at a chat-template position layer 0 is the same token's embedding for every
-    # prompt (plus, with learned positions, the prompt's length), so it holds no refusal
-    # direction, and separability (`geometry.measurement.state_layers`) cannot use it.
-    layers = range(1, residual_layout(model).n_layers + 1)
+    layers = range(residual_layout(model).n_layers + 1)  # norms at every layer, for steering
     fit = [behaviours.requests(kind, "fit", n_fit, seed) for kind in (HARMFUL, HARMLESS)]
     select = [behaviours.requests(kind, "select", n_select, seed) for kind in (HARMFUL, HARMLESS)]
     tokens, source = refusal_tokens(target, fit[0], judge, max_new_tokens=max_new_tokens,
@@ -126,7 +123,13 @@ def fit_refusal_direction(
     acts = [collect_activations(model, tokenizer, [target.format_chat(r.prompt) for r in part],
                                 layers, list(positions), batch_size=batch_size,
                                 progress=progress) for part in fit]
-    candidates = mean_difference_candidates(acts[0], acts[1], list(positions))
+    # Candidates at layers 1..L: at a chat-template position layer 0 is the same token's
+    # embedding for every prompt (plus, with learned positions, the prompt's length), so it
+    # holds no refusal direction, and separability (`geometry.measurement.state_layers`)
+    # cannot use one there.
+    candidates = mean_difference_candidates(*({layer: states for layer, states in part.items()
+                                               if layer >= 1} for part in acts),
+                                            list(positions))
     thresholds = {} if filters else {"kl_threshold": math.inf, "induce_threshold": -math.inf}
     selection = select_direction(
         model, tokenizer, candidates, *([target.format_chat(r.prompt) for r in part]
