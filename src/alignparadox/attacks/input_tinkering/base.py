@@ -274,20 +274,21 @@ class ResultLog:
     attack keeps everything it finished. Reading skips a torn last line; `done` are the keys of
     results without error (errored ones are redone on resume)."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], record: type = AttackResult):
         self.path = Path(path)
+        self.record = record  # a result type with `key`, `error`, `as_dict` and `from_dict`
         if self.path.exists() and not self.path.is_file():
             raise UserError(f"{self.path} is not a file.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def read(self) -> list[AttackResult]:
+    def read(self) -> list:
         if not self.path.exists():
             return []
-        latest: dict[str, AttackResult] = {}
+        latest: dict[str, Any] = {}
         with self.path.open(encoding="utf-8") as handle:
             for line in handle:
                 try:
-                    result = AttackResult.from_dict(json.loads(line))
+                    result = self.record.from_dict(json.loads(line))
                 except (ValueError, TypeError):
                     continue  # a line torn by a crash mid-write
                 latest[result.key] = result
@@ -296,7 +297,7 @@ class ResultLog:
     def done(self) -> set[str]:
         return {r.key for r in self.read() if r.error is None}
 
-    def append(self, result: AttackResult) -> None:
+    def append(self, result) -> None:  # noqa: ANN001 - an AttackResult or `record`
         line = json.dumps(result.as_dict(), ensure_ascii=False) + "\n"
         with self.path.open("a+b") as handle:
             if handle.tell() > 0:

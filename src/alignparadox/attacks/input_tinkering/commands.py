@@ -1,4 +1,5 @@
-"""`paradox attack templates | pair | bon | gcg`: run one input-tinkering attack on one target.
+"""`paradox attack templates | pair | bon | gcg | injection`: one input-tinkering attack on
+one target.
 
 TARGET is `organism:NAME`, a local model folder or Hub id, or `http(s)://HOST/v1#MODEL` for an
 OpenAI-compatible endpoint (GCG needs weights, so white-box only). With `--out DIR`, every
@@ -47,7 +48,8 @@ class _AttackGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-app = typer.Typer(help="Input tinkering: jailbreak templates, PAIR, Best-of-N and GCG.",
+app = typer.Typer(help="Input tinkering: jailbreak templates, PAIR, Best-of-N, GCG and instruction "
+                  "injection.",
                   no_args_is_help=True, cls=_AttackGroup)
 
 TargetArgument = Annotated[str, typer.Argument(
@@ -115,7 +117,8 @@ _DAMAGED = object()  # a run.json that is not JSON
 class _Output:
     """The --out folder: a result log that resumes only a run with the same settings."""
 
-    def __init__(self, folder: Path | None, settings: dict[str, Any]):
+    def __init__(self, folder: Path | None, settings: dict[str, Any],
+                 record: type = AttackResult):
         self.folder = folder
         self.settings = settings
         self.log: ResultLog | None = None
@@ -126,7 +129,7 @@ class _Output:
         check_output_folder(folder, "--out")
         folder.mkdir(parents=True, exist_ok=True)
         run_file = folder / "run.json"
-        self.log = ResultLog(folder / "results.jsonl")
+        self.log = ResultLog(folder / "results.jsonl", record)
         try:
             previous = json.loads(run_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -149,11 +152,11 @@ class _Output:
     def done(self) -> frozenset[str]:
         return frozenset(self.log.done()) if self.log else frozenset()
 
-    def append(self, result: AttackResult) -> None:
+    def append(self, result) -> None:  # noqa: ANN001 - an AttackResult or the log's record
         if self.log is not None:
             self.log.append(result)
 
-    def all_results(self, fresh: list[AttackResult]) -> list[AttackResult]:
+    def all_results(self, fresh: list) -> list:
         return self.log.read() if self.log else fresh
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -417,3 +420,89 @@ def gcg(
     summary = summarize(output.all_results(fresh))
     output.finish(summary)
     _print(f"GCG ({steps} steps, suffix {suffix_length}; queries = steps)", model.name, summary)
+
+
+def _choices(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+@app.command()
+def injection(
+    target: TargetArgument,
+    tasks: Annotated[str | None, typer.Option(
+        "--tasks", help="Tasks over data: a .jsonl file (id, instruction, data with an optional "
+        "{injection} slot, expected) or a registered set (self-instruct; organisms: "
+        "organisms-tasks). Default: the target's own, else self-instruct.")] = None,
+    injections: Annotated[str | None, typer.Option(
+        "--injections", help="Instructions to inject: a .jsonl file (id, instruction, canary) "
+        "or a registered set. Default: the target's own, else the built-in benign canaries.")]
+    = None,
+    n_tasks: Annotated[int, typer.Option("--n-tasks", help="Tasks sampled.")] = 16,
+    positions: Annotated[str, typer.Option(
+        "--positions", help="Where the injection goes, comma-separated: start, middle, end.")]
+    = ",".join(("start", "middle", "end")),
+    disguises: Annotated[str, typer.Option(
+        "--disguises", help="How it is dressed, comma-separated: plain, ignore, completion, "
+        "fake_system.")] = "plain,ignore,completion,fake_system",
+    defenses: Annotated[str, typer.Option(
+        "--defenses", help="Prompt-level defenses, comma-separated: none, delimiters, "
+        "spotlighting, sandwich, roles.")] = "none,delimiters,spotlighting,sandwich,roles",
+    judge: JudgeOption = None,
+    seed: SeedOption = 0,
+    max_new_tokens: TokensOption = 64,
+    batch_size: BatchOption = 32,
+    out: OutOption = None,
+    concurrency: ConcurrencyOption = 4,
+    rpm: RateOption = None,
+    retries: RetriesOption = 5,
+) -> None:
+    """Hide an instruction in a task's data; ASR (instruction carried out) and utility (task
+    still done), per position, disguise and defense."""
+    from alignparadox.attacks.input_tinkering import injection as attack
+    from alignparadox.datasets.tasks import load_injections, load_tasks
+    from alignparadox.judges.registry import make_judge
+    from alignparadox.study.inputs import FALLBACK_JUDGE
+    from alignparadox.targets.providers import target_defaults
+
+    require_positive(n_tasks=n_tasks, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    chosen = [_choices(positions), _choices(disguises),
+              _choices(defenses)]
+    attack.check_choices(*chosen)
+    check_any_target(target)
+    defaults = target_defaults(target)
+    tasks = tasks or defaults.get("task_set") or attack.DEFAULT_TASK_SET
+    injections = injections or defaults.get("injection_set") or attack.DEFAULT_INJECTION_SET
+    judge = judge or defaults.get("judge") or FALLBACK_JUDGE
+    task_set = load_tasks(tasks).sample(n_tasks, seed)
+    injection_set = load_injections(injections)
+    judge_ = make_judge(judge)
+    attack.check_inputs(task_set, injection_set, judge_, chosen[0])
+    output = _Output(out, {"attack": "injection", "target": target, "tasks": tasks,
+                           "injections": injections, "n_tasks": n_tasks,
+                           "positions": chosen[0], "disguises": chosen[1],
+                           "defenses": chosen[2], "judge": judge, "seed": seed,
+                           "max_new_tokens": max_new_tokens}, attack.InjectionResult)
+    model = _open(target, concurrency, rpm, retries)
+    attack.check_roles(model, chosen[2])
+    cases = attack.plan(task_set, injection_set, *chosen, seed)
+    fresh = attack.run(model, judge_, cases, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, done=output.done(), on_result=output.append)
+    results = output.all_results(fresh)
+    summary = attack.summary(results)
+    output.finish(summary)
+    table = Table(title=f"instruction injection on {model.name} ({len(task_set)} tasks)")
+    for column in ("defense", "ASR", "95% CI", "k/n", "utility clean", "utility injected",
+                   "change vs none", "errors"):
+        table.add_column(column)
+    for name, entry in summary["by_defense"].items():
+        asr, change = entry["asr"], entry.get("asr_change")
+        table.add_row(name, f"{asr['rate']:.3f}" if asr["n"] else "-",
+                      f"[{asr['low']:.3f}, {asr['high']:.3f}]", f"{asr['k']}/{asr['n']}",
+                      _fraction(entry["utility_clean"]), _fraction(entry["utility_attacked"]),
+                      f"{change['value']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]"
+                      if change else "-", str(entry["errors"]))
+    Console(markup=False).print(table)
+
+
+def _fraction(rate: dict[str, Any] | None) -> str:
+    return f"{rate['rate']:.3f} ({rate['k']}/{rate['n']})" if rate else "not measured"
