@@ -206,7 +206,7 @@ def load_task_file(path: str | Path) -> TaskSet:
                         _expected(row, where), source=str(path))
         check_task(task)
         tasks.append(task)
-    return TaskSet(path.stem, tuple(tasks))
+    return TaskSet(str(path), tuple(tasks))
 
 
 def load_injection_file(path: str | Path) -> InjectionSet:
@@ -217,7 +217,7 @@ def load_injection_file(path: str | Path) -> InjectionSet:
         canary = _text(row, "canary", where, required=False)
         injections.append(Injection(str(row.get("id", f"{path.stem}/{number}")),
                                     _text(row, "instruction", where), canary))
-    return InjectionSet(path.stem, tuple(injections))
+    return InjectionSet(str(path), tuple(injections))
 
 
 def load_self_instruct_tasks(path: Path) -> TaskSet:
