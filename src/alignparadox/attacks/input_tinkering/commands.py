@@ -422,10 +422,6 @@ def gcg(
     _print(f"GCG ({steps} steps, suffix {suffix_length}; queries = steps)", model.name, summary)
 
 
-def _choices(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 @app.command()
 def injection(
     target: TargetArgument,
@@ -465,14 +461,11 @@ def injection(
     from alignparadox.targets.providers import target_defaults
 
     require_positive(n_tasks=n_tasks, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    chosen = [_choices(positions), _choices(disguises),
-              _choices(defenses)]
+    chosen = [attack.split_choices(text) for text in (positions, disguises, defenses)]
     attack.check_choices(*chosen)
     check_any_target(target)
-    defaults = target_defaults(target)
-    tasks = tasks or defaults.get("task_set") or attack.DEFAULT_TASK_SET
-    injections = injections or defaults.get("injection_set") or attack.DEFAULT_INJECTION_SET
-    judge = judge or defaults.get("judge") or FALLBACK_JUDGE
+    tasks, injections = attack.input_sets(target, tasks, injections)
+    judge = judge or target_defaults(target).get("judge") or FALLBACK_JUDGE
     task_set = load_tasks(tasks).sample(n_tasks, seed)
     injection_set = load_injections(injections)
     judge_ = make_judge(judge)

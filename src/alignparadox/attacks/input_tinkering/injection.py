@@ -341,6 +341,21 @@ DEFAULT_TASK_SET = "self-instruct"
 DEFAULT_INJECTION_SET = "canaries"
 
 
+def input_sets(target: str, tasks: str | None, injections: str | None) -> tuple[str, str]:
+    """The task and injection sets to use: as given, else the target's provider's defaults
+    (organisms: their world's), else the public Self-Instruct tasks and the benign canaries."""
+    from alignparadox.targets.providers import target_defaults
+
+    defaults = target_defaults(target) if tasks is None or injections is None else {}
+    return (tasks or defaults.get("task_set") or DEFAULT_TASK_SET,
+            injections or defaults.get("injection_set") or DEFAULT_INJECTION_SET)
+
+
+def split_choices(text: str) -> list[str]:
+    """A comma-separated command-line list."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def check_roles(target: Target, defenses: Sequence[str]) -> None:
     """Refuse the `roles` defense on a white-box target whose chat template has no system
     role (an endpoint's server says so per request)."""

@@ -25,7 +25,7 @@ from alignparadox.errors import UserError
 from alignparadox.report.html import Markup, ReportOptions, Section, redact, table
 from alignparadox.stats import spearman_bootstrap
 from alignparadox.study.cells import Cell
-from alignparadox.study.inputs import cell_default, cell_judge
+from alignparadox.study.inputs import cell_judge
 from alignparadox.study.measurement import (
     CellResult,
     Measurement,
@@ -39,9 +39,9 @@ from alignparadox.study.strength import SUCCESS, ParadoxMeasure
 def cell_sets(cell: Cell):
     """The cell's task sample and injection set (settings, else target defaults, else the
     public defaults)."""
-    tasks = load_tasks(cell_default(cell, "task_set", injection.DEFAULT_TASK_SET))
-    injections = load_injections(cell_default(cell, "injection_set",
-                                              injection.DEFAULT_INJECTION_SET))
+    task_spec, injection_spec = injection.input_sets(cell.target, cell.settings["task_set"],
+                                                     cell.settings["injection_set"])
+    tasks, injections = load_tasks(task_spec), load_injections(injection_spec)
     return tasks.sample(cell.settings["n_tasks"], cell.seed), injections
 
 

@@ -12,10 +12,6 @@ import typer
 from alignparadox.errors import UserError
 
 
-def _choices(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
 def secalign(
     target: Annotated[str, typer.Argument(help="Model folder, Hub id or provider target "
                                                 "(e.g. organism:base); not an endpoint.")],
@@ -67,10 +63,7 @@ def secalign(
 
     Pairs: each training task with an injection hidden in its data (the attack's prompts);
     chosen is the answer to the clean task, rejected the answer to the injection alone."""
-    from alignparadox.attacks.input_tinkering.injection import (
-        DEFAULT_INJECTION_SET,
-        DEFAULT_TASK_SET,
-    )
+    from alignparadox.attacks.input_tinkering.injection import input_sets, split_choices
     from alignparadox.datasets.tasks import load_injections, load_tasks
     from alignparadox.defenses.injection.secalign import (
         HELD_OUT_FILE,
@@ -78,7 +71,6 @@ def secalign(
         check_output,
         train_secalign,
     )
-    from alignparadox.targets.providers import target_defaults
 
     if target.startswith(("http://", "https://")):
         raise UserError(f"{target} is an endpoint; SecAlign trains the model's weights, so it "
@@ -88,14 +80,12 @@ def secalign(
         n_tasks=n_tasks, pairs_per_task=pairs_per_task, steps=steps, beta=beta,
         learning_rate=learning_rate, batch_size=batch_size, adapter=adapter,
         lora_rank=lora_rank, sft_weight=sft_weight, chosen=chosen,
-        max_new_tokens=max_new_tokens, positions=_choices(positions),
-        disguises=_choices(disguises), seed=seed)
+        max_new_tokens=max_new_tokens, positions=tuple(split_choices(positions)),
+        disguises=tuple(split_choices(disguises)), seed=seed)
     config.check()
     check_output(out)
-    defaults = target_defaults(target)
-    task_set = load_tasks(tasks or defaults.get("task_set") or DEFAULT_TASK_SET)
-    injection_set = load_injections(injections or defaults.get("injection_set")
-                                    or DEFAULT_INJECTION_SET)
+    tasks, injections = input_sets(target, tasks, injections)
+    task_set, injection_set = load_tasks(tasks), load_injections(injections)
     excluded = load_tasks(exclude) if exclude is not None else None
     load_options = {"chat_template": chat_template} if chat_template is not None else {}
     folder = train_secalign(target, task_set, injection_set, config, out, exclude=excluded,
