@@ -11,7 +11,10 @@ from alignparadox.targets.providers import TargetProvider
 
 def _resolve(name: str) -> Path:
     from alignparadox.organisms.axes import axis_organism_path, is_axis_name
+    from alignparadox.organisms.injection import inject_organism_path, is_inject_name
 
+    if is_inject_name(name):  # the data-task family's member, e.g. inject/aligned-3
+        return inject_organism_path(name)
     if is_axis_name(name):  # an alignment-axis family's member, e.g. dpo-s1/aligned-3
         return axis_organism_path(name)
     if "/" in name:  # a robust family's member, e.g. lat/aligned-3 (organisms.robust)
@@ -26,7 +29,12 @@ def _resolve(name: str) -> Path:
 def _check(name: str) -> None:
     from alignparadox.organisms.axes import is_axis_name
     from alignparadox.organisms.axes import split_name as split_axis_name
+    from alignparadox.organisms.injection import is_inject_name
+    from alignparadox.organisms.injection import split_name as split_inject_name
 
+    if is_inject_name(name):
+        split_inject_name(name)
+        return
     if is_axis_name(name):
         split_axis_name(name)
         return
@@ -47,7 +55,11 @@ def _describe(name: str) -> dict[str, Any]:
     `base` is the standard family's base organism, stored once as `organism:base`)."""
     from alignparadox.organisms.axes import describe as describe_axis_member
     from alignparadox.organisms.axes import is_axis_name
+    from alignparadox.organisms.injection import describe as describe_inject_member
+    from alignparadox.organisms.injection import is_inject_name
 
+    if is_inject_name(name):  # its card carries the members' weight hashes too
+        return describe_inject_member(name)
     if is_axis_name(name):  # the card already carries the members' weight hashes
         return describe_axis_member(name)
     if "/" in name:
@@ -85,8 +97,10 @@ def _describe_robust(name: str) -> dict[str, Any]:
 
 def _defaults(name: str) -> dict[str, Any]:
     """Organisms run on their own world by default: its requests and stance pairs, its exact
-    judge, and a small value editor on their tokenizer."""
-    return {"behaviours": "organisms", "judge": "organism", "editor": "small:organism:base"}
+    judge, a small value editor on their tokenizer, and the world's data tasks and injections
+    (organisms.injection) for the injection attack and defenses."""
+    return {"behaviours": "organisms", "judge": "organism", "editor": "small:organism:base",
+            "task_set": "organisms-tasks", "injection_set": "organisms-injections"}
 
 
 PROVIDER = TargetProvider(scheme="organism", resolve=_resolve, check=_check, describe=_describe,
@@ -102,12 +116,28 @@ def _world_prompts(split: str):
     return load
 
 
+def _world_tasks(split: str):
+    def load():
+        from alignparadox.organisms.injection import task_set
+
+        return task_set(split)
+
+    return load
+
+
+def _world_injections():
+    from alignparadox.organisms.injection import injection_set
+
+    return injection_set()
+
+
 def register_extension() -> None:
     """What the organisms add to the toolkit's registries by name (entry point group
     `alignparadox.extensions`): their world's prompt sets and behaviour set, and its exact
-    judge."""
+    judge, and its data tasks and injections (organisms.injection)."""
     from alignparadox.datasets.behaviours import register_behaviour_set
     from alignparadox.datasets.registry import register_prompt_set
+    from alignparadox.datasets.tasks import register_injection_set, register_task_set
     from alignparadox.judges.registry import register_judge
 
     for split, description in [
@@ -118,5 +148,8 @@ def register_extension() -> None:
         register_prompt_set("organisms" if split == "test" else f"organisms-{split}",
                             _world_prompts(split), licence="Apache-2.0 (generated)",
                             description=description)
+    register_task_set("organisms-tasks", _world_tasks("test"))
+    register_task_set("organisms-tasks-validation", _world_tasks("validation"))
+    register_injection_set("organisms-injections", _world_injections)
     register_behaviour_set("organisms", "alignparadox.organisms.behaviours:world_behaviours")
     register_judge("organism", "alignparadox.organisms.judge:make_ground_truth_judge")
