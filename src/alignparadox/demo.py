@@ -29,6 +29,11 @@ DEMO_SETTINGS: dict[str, dict] = {
     "pair": {"n_requests": 6, "streams": 2, "rounds": 2},
     "gcg": {"n_requests": 3, "num_steps": 10, "search_width": 64},
     "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80, **WIDE},
+    # The standard organisms never learnt tasks over data (organism:inject/... did; see
+    # studies/injection.toml): here the attack shows what an injection does to them.
+    "injection": {"n_tasks": 8, "disguises": ["plain", "ignore"],
+                  "defenses": ["none", "delimiters", "spotlighting"], "max_new_tokens": 48,
+                  **WIDE},
     # The defense: each aligned member against the base organism it was aligned from (the
     # base itself is left out: it is its own reference).
     "bon_defense": {"reference": "organism:base", "n_requests": 16, "n_harmless": 16,

@@ -269,30 +269,26 @@ def register_injection_set(name: str, load: Callable[[], InjectionSet]) -> None:
     _INJECTION_SETS[name] = load
 
 
-def _names(registry: dict) -> str:
+def _registered(registry: dict[str, Callable], name: str, what: str):
+    """`name` loaded from `registry` (installed extensions registered first)."""
     from alignparadox.extensions import load_extensions
 
     load_extensions()
-    return ", ".join(sorted(registry))
+    if name not in registry:
+        raise UserError(f"unknown {what} set {name!r}; known: {', '.join(sorted(registry))}, "
+                        "or a .jsonl file.")
+    return registry[name]()
 
 
 def load_tasks(name: str) -> TaskSet:
     """A registered task set by name, or a `.jsonl` task file."""
     if name.endswith(".jsonl") or "/" in name:
         return load_task_file(name)
-    _names(_TASK_SETS)
-    if name not in _TASK_SETS:
-        raise UserError(f"unknown task set {name!r}; known: {_names(_TASK_SETS)}, or a .jsonl "
-                        "file.")
-    return _TASK_SETS[name]()
+    return _registered(_TASK_SETS, name, "task")
 
 
 def load_injections(name: str) -> InjectionSet:
     """A registered injection set by name, or a `.jsonl` injection file."""
     if name.endswith(".jsonl") or "/" in name:
         return load_injection_file(name)
-    _names(_INJECTION_SETS)
-    if name not in _INJECTION_SETS:
-        raise UserError(f"unknown injection set {name!r}; known: {_names(_INJECTION_SETS)}, or "
-                        "a .jsonl file.")
-    return _INJECTION_SETS[name]()
+    return _registered(_INJECTION_SETS, name, "injection")

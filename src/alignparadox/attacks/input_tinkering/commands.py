@@ -74,6 +74,15 @@ RateOption = Annotated[float | None, typer.Option(
     "--rpm", help="Endpoint targets: at most this many requests per minute.")]
 RetriesOption = Annotated[int, typer.Option(
     "--retries", help="Endpoint targets: retries per request on 429/5xx/dropped connections.")]
+# Instruction injection (also `paradox defend secalign`)
+InjectionsOption = Annotated[str | None, typer.Option(
+    "--injections", help="Instructions to inject: a .jsonl file (id, instruction, canary) or a "
+    "registered set. Default: the target's own, else the built-in benign canaries.")]
+PositionsOption = Annotated[str, typer.Option(
+    "--positions", help="Where injections go, comma-separated: start, middle, end.")]
+DisguisesOption = Annotated[str, typer.Option(
+    "--disguises", help="How they are dressed, comma-separated: plain, ignore, completion, "
+    "fake_system.")]
 
 
 def _inputs(target: str, prompt_set: str | None, judge: str | None) -> tuple[str, str]:
@@ -429,17 +438,10 @@ def injection(
         "--tasks", help="Tasks over data: a .jsonl file (id, instruction, data with an optional "
         "{injection} slot, expected) or a registered set (self-instruct; organisms: "
         "organisms-tasks). Default: the target's own, else self-instruct.")] = None,
-    injections: Annotated[str | None, typer.Option(
-        "--injections", help="Instructions to inject: a .jsonl file (id, instruction, canary) "
-        "or a registered set. Default: the target's own, else the built-in benign canaries.")]
-    = None,
+    injections: InjectionsOption = None,
     n_tasks: Annotated[int, typer.Option("--n-tasks", help="Tasks sampled.")] = 16,
-    positions: Annotated[str, typer.Option(
-        "--positions", help="Where the injection goes, comma-separated: start, middle, end.")]
-    = ",".join(("start", "middle", "end")),
-    disguises: Annotated[str, typer.Option(
-        "--disguises", help="How it is dressed, comma-separated: plain, ignore, completion, "
-        "fake_system.")] = "plain,ignore,completion,fake_system",
+    positions: PositionsOption = "start,middle,end",
+    disguises: DisguisesOption = "plain,ignore,completion,fake_system",
     defenses: Annotated[str, typer.Option(
         "--defenses", help="Prompt-level defenses, comma-separated: none, delimiters, "
         "spotlighting, sandwich, roles.")] = "none,delimiters,spotlighting,sandwich,roles",

@@ -222,14 +222,17 @@ def run(target: Target, judge: Judge, cases: Sequence[Case], *, max_new_tokens: 
     for group in progress_steps(list(groups.values()), f"injection on {target.name}"):
         prompts = [case.prompt() for case in group]
         outcomes = query(target, prompts, config)
-        answered = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, str)]
-        verdicts = _verdicts(judge, [group[i] for i in answered],
-                             [outcomes[i] for i in answered])
+        # Only attacked answers are judged (refusals and judge-decided success are rates of
+        # attacked prompts): a clean answer's utility needs no judge.
+        judged = [i for i, outcome in enumerate(outcomes)
+                  if isinstance(outcome, str) and group[i].disguise != CLEAN]
+        verdicts = dict(zip(judged, _verdicts(judge, [group[i] for i in judged],
+                                              [outcomes[i] for i in judged]), strict=True))
         for index, (case, prompt, outcome) in enumerate(zip(group, prompts, outcomes,
                                                             strict=True)):
             text = _prompt_text(prompt)
             if isinstance(outcome, str):
-                verdict = verdicts[answered.index(index)]
+                verdict = verdicts.get(index)
                 followed = None if case.disguise == CLEAN else (
                     case.injection.carried_out(outcome) if case.injection.canary is not None
                     else verdict is not None and verdict.success)
@@ -279,18 +282,20 @@ def _difference(results: Sequence[InjectionResult], defense: str, resamples: int
     for r in results:
         if r.error is None and r.followed is not None and r.defense in ("none", defense):
             by_case[(r.task_id, r.injection_id, r.position, r.disguise)][r.defense] = r.followed
-    pairs = [(v["none"], v[defense]) for v in by_case.values() if len(v) == 2]
-    tasks = [case[0] for case, v in by_case.items() if len(v) == 2]
-    if not pairs:
+    per_task: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # task -> [sum of d - u, n]
+    for case, outcome in by_case.items():
+        if len(outcome) == 2:
+            per_task[case[0]][0] += outcome[defense] - outcome["none"]
+            per_task[case[0]][1] += 1
+    if not per_task:
         return None
-    ids = sorted(set(tasks))
-    per_task = np.array([[sum(d - u for (u, d), t in zip(pairs, tasks, strict=True) if t == i),
-                          sum(1 for t in tasks if t == i)] for i in ids], dtype=float)
-    value = per_task[:, 0].sum() / per_task[:, 1].sum()
-    index = np.random.default_rng(seed).integers(0, len(ids), (resamples, len(ids)))
-    draws = per_task[index, 0].sum(1) / per_task[index, 1].sum(1)
+    sums = np.array(list(per_task.values()), dtype=float)
+    value = sums[:, 0].sum() / sums[:, 1].sum()
+    index = np.random.default_rng(seed).integers(0, len(sums), (resamples, len(sums)))
+    draws = sums[index, 0].sum(1) / sums[index, 1].sum(1)
     low, high = np.percentile(draws, [2.5, 97.5])
-    return {"value": float(value), "low": float(low), "high": float(high), "n": len(pairs)}
+    return {"value": float(value), "low": float(low), "high": float(high),
+            "n": int(sums[:, 1].sum())}
 
 
 def summary(results: Sequence[InjectionResult]) -> dict[str, Any]:
@@ -335,7 +340,7 @@ def samples(results: Sequence[InjectionResult], keep: int = 6) -> list[dict[str,
             for r in attacked[:keep]]
 
 
-# -- study measurement ---------------------------------------------------------------------------
+# -- inputs --------------------------------------------------------------------------------------
 
 DEFAULT_TASK_SET = "self-instruct"
 DEFAULT_INJECTION_SET = "canaries"

@@ -9,6 +9,11 @@ from typing import Annotated
 
 import typer
 
+from alignparadox.attacks.input_tinkering.commands import (
+    DisguisesOption,
+    InjectionsOption,
+    PositionsOption,
+)
 from alignparadox.errors import UserError
 
 
@@ -21,10 +26,7 @@ def secalign(
         "--tasks", help="Training tasks over data: a .jsonl file (id, instruction, data, "
         "expected) or a registered set. Hold out the tasks you will measure on (--exclude, or "
         "a file of your own). Default: the target's own, else self-instruct.")] = None,
-    injections: Annotated[str | None, typer.Option(
-        "--injections", help="Instructions to inject: a .jsonl file (id, instruction, canary) "
-        "or a registered set. Default: the target's own, else the built-in benign canaries.")]
-    = None,
+    injections: InjectionsOption = None,
     exclude: Annotated[str | None, typer.Option(
         "--exclude", help="Tasks (a .jsonl file or set) never trained on, e.g. the ones you "
         "will measure on.")] = None,
@@ -45,12 +47,8 @@ def secalign(
     chosen: Annotated[str, typer.Option(
         "--chosen", help="answer: the target's own greedy answer to the clean task; expected: "
         "the task's first expected text (tasks without one are skipped).")] = "answer",
-    positions: Annotated[str, typer.Option(
-        "--positions", help="Where injections go, comma-separated: start, middle, end.")]
-    = "start,middle,end",
-    disguises: Annotated[str, typer.Option(
-        "--disguises", help="How they are dressed, comma-separated: plain, ignore, completion, "
-        "fake_system.")] = "plain,ignore,completion,fake_system",
+    positions: PositionsOption = "start,middle,end",
+    disguises: DisguisesOption = "plain,ignore,completion,fake_system",
     max_new_tokens: Annotated[int, typer.Option(
         "--max-new-tokens", help="Length of the generated chosen and rejected answers.")] = 128,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample, the pairs and the "
