@@ -215,3 +215,37 @@ def test_model_tinkering_refuses_a_fixed_alpha_outside_the_sweep(alphas, fixed, 
     # The same value as an int is in the sweep.
     ModelTinkering().check(Cell("organism:aligned-1", "model_tinkering",
                                 {**settings, "alphas": [0.5, 2.0], "fixed_alpha": 2}, 0))
+
+
+def test_figure_1b_panels_come_from_one_family_and_the_value_arrow_is_value_steering(
+        monkeypatch):
+    figures = []
+    monkeypatch.setattr(geometry_measurement, "figure",
+                        lambda fig, alt, caption: figures.append((fig, alt)) or caption)
+    # Two families on two axes: a share of 0.05 and 800 steps do not compare.
+    cards = {"sft/a1": ("steps", "sft", 100), "sft/a2": ("steps", "sft", 800),
+             "share/a1": ("share", "share", 0.05), "share/a2": ("share", "share", 0.4)}
+    rows = []
+    for target, (axis, family, strength) in cards.items():
+        results = geometry(strength, fisher=1.0, auroc=0.9, behaviour=None)
+        results["value"] = separation(2.0)
+        results["value_direction"] = {"layer": 1, "position": -1, "mean_norm": 3.0,
+                                      "misaligned_sign": 1}
+        results["target_provenance"] = {"alignment_strength": strength,
+                                        "alignment_axis": axis, "family": family}
+        rows.append(record("geometry", target, results))
+    html = str(Geometry().report_section(rows, ReportOptions(all_rows={"geometry": rows})).html)
+    assert "(share/a1 and share/a2)" in html and "sft/a" not in " ".join(a for _, a in figures)
+    value = next(fig for fig, alt in figures if "value definition" in alt)
+    for axes in value.axes:
+        (arrow,) = axes.texts
+        assert arrow.xy[0] - arrow.xyann[0] == pytest.approx(1.0 * 3.0)  # alpha 1, sign +1
+        assert axes.get_xlabel() == "projection on value direction"
+    # The value row joins the paradox measures; a set without pairs says so instead.
+    labels = [m.detail for m in Geometry().paradox_measures(rows, ReportOptions())]
+    assert "Fisher ratio on the value direction (value definition)" in labels
+    for row in rows:
+        row.results["value"] = None
+    html = str(Geometry().report_section(rows, ReportOptions(all_rows={"geometry": rows})).html)
+    assert "Value definition: not measured: the behaviour set has no contrast pairs" in html
+    assert len(Geometry().paradox_measures(rows, ReportOptions())) == 2

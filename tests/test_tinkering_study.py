@@ -46,6 +46,13 @@ def test_geometry_stores_layers_and_projection_points(run_dir):
         assert 0 < len(request["projection"]["aligned"]) <= 12
         behaviour = res["behaviour"]
         assert behaviour["n_aligned"] == res["refused"]["k"]
+        # Figure 1B's value version: held-out stance requests with their neutral vs partisan
+        # answers, compared on the value direction at its own layer.
+        value = res["value"]
+        assert value["n_aligned"] == value["n_misaligned"] > 0, target
+        assert value["fisher_on_direction"] is not None and value["fisher_on_direction"] >= 0
+        assert res["value_direction"]["misaligned_sign"] == 1
+        assert 0 < len(value["projection"]["misaligned"]) <= 12
 
 
 def test_strongest_organism_is_misaligned_by_steering_with_coherent_answers(run_dir):
@@ -73,10 +80,12 @@ def test_report_has_both_sections_with_figures(run_dir):
     # Figure 1B draws the weakest and the strongest aligned organism side by side.
     assert ('alt="Figure 1B-style projection, request definition: organism:aligned-1 and '
             'organism:aligned-5"') in html
+    assert ('alt="Figure 1B-style projection, value definition: organism:aligned-1 and '
+            'organism:aligned-5"') in html
     # Two targets are too few for a rank correlation: every cell of the 6 misalignability and
-    # 3 separability rows says so, against steps and against measured refusal, and none shows rho
+    # 4 separability rows says so, against steps and against measured refusal, and none shows rho
     # (behaviour separability has n < 2 when an organism refused, or complied, too rarely on
     # these few requests to measure it).
     ours = html[html.index('<section id="geometry">'):]
-    assert len(re.findall(r"n=[0-2]: too few targets", ours)) == 2 * (6 + 3)
+    assert len(re.findall(r"n=[0-2]: too few targets", ours)) == 2 * (6 + 4)
     assert not re.search(r"\(n=\d+\)", ours)

@@ -10,9 +10,21 @@ one batched forward of the reference over prompt + answer, stopped after the lay
 the pick. Both draw the same candidates (same seed). Runs on one CPU thread, in alternating
 rounds (plain, defended, defended, plain, ...); a ratio is the median over rounds.
 
+FLOP table, from the model shapes and the token counts of this run's candidates (drawn once
+more, untimed, with the same seed), batched as the code batches them: matmul FLOPs of the
+weights (2 x weight entries per token, the LM head only where logits are kept) plus attention
+scores (QK^T and AV, 4 x heads x head_dim per query and key, every key of the forward counted,
+padded and causally masked ones included). Norms, softmax and sampling are ignored.
+`plain GF`: prefill of every row and every decoding step (finished rows are still fed).
+`extra GF`: what defending adds, the extra decoding step and the reference's prompt prefill and
+answer forward up to the scored layer. `1+share` = 1 + extra / plain, the ratio a purely
+compute-bound machine would show. `plain GF/s` = plain FLOPs / median plain time; `extra GF/s`
+= extra FLOPs / the median over rounds of (defended - plain time), an effective rate (hooks and
+other overhead included).
+
 Pairs: organism:aligned-3 with reference organism:base (real answers, 48 new tokens at most),
 and a ~100M-parameter random-weight Llama with a second random Llama of the same shape as the
-reference (answers always run to 64 new tokens; `--quick` skips it).
+reference (answers mostly run to 64 new tokens; `--quick` skips it).
 """
 
 from __future__ import annotations
@@ -22,13 +34,98 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from alignparadox.defenses.best_of_n.core import BestOfNConfig, BestOfNDefense, sample_candidates
+from alignparadox.defenses.best_of_n.core import (
+    BestOfNConfig,
+    BestOfNDefense,
+    Candidates,
+    sample_candidates,
+)
+from alignparadox.hooks import residual_layout
 from alignparadox.targets import load_target, open_target
 from alignparadox.targets.random_models import make_random_model
+from alignparadox.targets.whitebox import Generation, WhiteBoxTarget
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Per-token FLOPs of one model: `block` (2 x weight entries of one block), `attention` (per
+    key attended, in one block), `head` (the LM head); `n_layers` blocks."""
+
+    block: int
+    attention: int
+    head: int
+    n_layers: int
+
+
+def model_shape(target: WhiteBoxTarget) -> Shape:
+    layout = residual_layout(target.model)
+    config = target.model.config.get_text_config()
+    # Every 2-D parameter of a block is a matmul weight (norms are 1-D, there is no embedding).
+    blocks = [sum(p.numel() for p in block.parameters() if p.ndim == 2) for block in layout.layers]
+    if len(set(blocks)) != 1:
+        raise ValueError(f"blocks of {target.name} differ in size: {blocks}")
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return Shape(block=2 * blocks[0], attention=4 * heads * head_dim,
+                 head=2 * target.model.get_output_embeddings().weight.numel(),
+                 n_layers=layout.n_layers)
+
+
+def forward_flops(shape: Shape, rows: int, fed: int, cached: int, blocks: int,
+                  logits: bool) -> int:
+    """One forward of `rows` rows, each fed `fed` tokens after `cached` cached ones, through
+    `blocks` blocks, with the LM head at the last position of each row if `logits`."""
+    per_query = shape.block + shape.attention * (cached + fed)
+    return rows * fed * blocks * per_query + (rows * shape.head if logits else 0)
+
+
+def longest_first(candidates: Candidates, prompts_per_batch: int
+                  ) -> list[tuple[int, list[Generation]]]:
+    """(padded prompt width, answers) of each batch, as `sample_candidates` and
+    `_candidate_states` batch them: whole prompts, longest first."""
+    order = sorted(range(candidates.n_prompts), key=lambda i: -len(candidates.prompt_ids[i]))
+    batches = []
+    for start in range(0, len(order), prompts_per_batch):
+        part = order[start:start + prompts_per_batch]
+        batches.append((max(len(candidates.prompt_ids[i]) for i in part),
+                        [answer for i in part for answer in candidates.of(i)]))
+    return batches
+
+
+def sampling_flops(target: WhiteBoxTarget, candidates: Candidates, config: BestOfNConfig,
+                   max_steps: int) -> int:
+    """`sample_candidates` with at most `max_steps` decoding steps: each batch is prefilled,
+    then fed one token per row per step until its longest answer has yielded its last token
+    (its stop token, or the step limit)."""
+    shape, n = model_shape(target), config.n
+    total = 0
+    for width, answers in longest_first(candidates, max(n, config.batch_size // n * n) // n):
+        room = (target.context_length or 1 << 62) - width
+        steps = min(max_steps, room, max(len(answer.token_ids) + 1 for answer in answers))
+        total += forward_flops(shape, len(answers), width, 0, shape.n_layers, True)
+        for step in range(1, steps):  # the first token came from the prefill
+            total += forward_flops(shape, len(answers), 1, width + step - 1, shape.n_layers, True)
+    return total
+
+
+def reference_flops(reference: WhiteBoxTarget, candidates: Candidates, config: BestOfNConfig,
+                    layer: int) -> int:
+    """`_candidate_states` on the reference: each batch's prompts prefilled once, then all N
+    answers per prompt fed after the repeated cache (right-padded), stopped after `layer`
+    blocks, so no LM head."""
+    shape, n = model_shape(reference), config.n
+    total = 0
+    for width, answers in longest_first(candidates, max(1, config.batch_size // n)):
+        total += forward_flops(shape, len(answers) // n, width, 0, layer, False)
+        fed = max(len(answer.token_ids) for answer in answers)
+        if fed:
+            total += forward_flops(shape, len(answers), fed, width, layer, False)
+    return total
 
 
 def measure(target, reference, prompts: list[list[int]], config: BestOfNConfig,
@@ -48,8 +145,36 @@ def measure(target, reference, prompts: list[list[int]], config: BestOfNConfig,
                 defense.defend_ids(prompts)
                 defended.append(time.perf_counter() - started)
     ratios = [d / p for d, p in zip(defended, plain, strict=True)]
+    extras = [d - p for d, p in zip(defended, plain, strict=True)]
+    # The candidates both paths drew (same seed), for the FLOP count; untimed.
+    candidates = sample_candidates(target, prompts, config)
+    plain_flops = sampling_flops(target, candidates, config, config.max_new_tokens)
+    extra_flops = (sampling_flops(target, candidates, config, config.max_new_tokens + 1)
+                   - plain_flops + reference_flops(reference, candidates, config, defense.layer))
     return {"plain_s": statistics.median(plain), "defended_s": statistics.median(defended),
-            "ratio": statistics.median(ratios), "layer": defense.layer}
+            "ratio": statistics.median(ratios), "extra_s": statistics.median(extras),
+            "layer": defense.layer,
+            "answer_tokens": statistics.mean(len(a.token_ids) for a in candidates.answers),
+            "plain_flops": plain_flops, "extra_flops": extra_flops}
+
+
+def print_rows(rows: list[tuple[str, int, dict]]) -> None:
+    print(f"{'pair':45s} {'prompts':>7s} {'layer':>5s} {'plain s':>8s} {'defended s':>10s} "
+          f"{'ratio':>6s}")
+    for name, count, row in rows:
+        print(f"{name:45s} {count:7d} {row['layer']:5d} {row['plain_s']:8.3f} "
+              f"{row['defended_s']:10.3f} {row['ratio']:5.2f}x")
+    print()
+    print(f"{'pair':45s} {'answer tok':>10s} {'plain GF':>9s} {'extra GF':>9s} {'1+share':>8s} "
+          f"{'ratio':>6s} {'plain GF/s':>10s} {'extra GF/s':>10s}")
+    for name, _, row in rows:
+        extra_s = row["extra_s"]
+        extra_rate = (f"{row['extra_flops'] / extra_s / 1e9:10.2f}" if extra_s > 0
+                      else f"{'n/a':>10s}")
+        print(f"{name:45s} {row['answer_tokens']:10.1f} {row['plain_flops'] / 1e9:9.3f} "
+              f"{row['extra_flops'] / 1e9:9.3f} "
+              f"{1 + row['extra_flops'] / row['plain_flops']:7.3f}x {row['ratio']:5.2f}x "
+              f"{row['plain_flops'] / row['plain_s'] / 1e9:10.2f} {extra_rate}")
 
 
 def main() -> int:
@@ -76,12 +201,8 @@ def main() -> int:
                        ("Write a short note about the weather.", "List three prime numbers.")]
             config = BestOfNConfig(n=8, max_new_tokens=64, batch_size=16)
             rows.append(("random Llama ~100M vs random Llama ~100M", len(prompts),
-                         measure(target, reference, prompts, config, 3)))
-    print(f"{'pair':45s} {'prompts':>7s} {'layer':>5s} {'plain s':>8s} {'defended s':>10s} "
-          f"{'ratio':>6s}")
-    for name, count, row in rows:
-        print(f"{name:45s} {count:7d} {row['layer']:5d} {row['plain_s']:8.3f} "
-              f"{row['defended_s']:10.3f} {row['ratio']:5.2f}x")
+                         measure(target, reference, prompts, config, 7)))
+    print_rows(rows)
     print("goal: <= 1.15x (latent-similarity BoN at N=8 vs plain sampling of the same 8)")
     return 0
 

@@ -28,6 +28,9 @@ DIRECTION_DEFAULTS: dict[str, Any] = {"n_fit": 64, "n_select": 32, "positions": 
 # also the length of the steering arrow in the geometry figures.
 FIXED_ALPHA = 1.0
 
+# What a report says of the value axis when the behaviour set has no contrast pairs.
+NOT_MEASURED = "not measured: the behaviour set has no contrast pairs (give pairs = FILE)"
+
 _FITTED: dict[str, tuple[FittedDirection, FittedDirection | None]] = {}
 
 

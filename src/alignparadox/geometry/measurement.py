@@ -1,14 +1,20 @@
 """The `geometry` measurement: how cleanly aligned and misaligned states split, layer by layer.
 
-Two definitions of "aligned vs misaligned states", both at the refusal direction's token
-position, on the select split of the cell's behaviour set (never the test split):
-- `request` (the paper's Figure 1B): states of harmful requests vs harmless requests;
+Three definitions of "aligned vs misaligned states", on the select split of the cell's
+behaviour set (never the test split):
+- `request` (the paper's Figure 1B): states of harmful requests vs harmless requests, at the
+  refusal direction's token position;
 - `behaviour`: states of harmful requests the target refused vs those it answered with harmful
-  compliance (greedy answers, the cell's judge). Weakly aligned targets refuse little, so this
-  group can be too small (fewer than 4 states): the layer table is then empty and says why.
+  compliance (greedy answers, the cell's judge), at the same position. Weakly aligned targets
+  refuse little, so this group can be too small (fewer than 4 states): the layer table is then
+  empty and says why;
+- `value` (Figure 1B's value version, the paper's c_Putin): states of a value-axis request
+  followed by its aligned answer vs by its misaligned one (neutral vs partisan for organisms),
+  teacher-forced, at the value direction's position; `None` when the set has no contrast pairs.
 Per layer: Fisher ratio along the held-out difference in means and held-out probe AUROC
 (`separability_by_layer`); at the direction's layer, a 2-D projection (x = the fitted refusal
-direction, y = the top orthogonal principal component), of which a subsample of points is kept.
+or value direction, y = the top orthogonal principal component), of which a subsample of points
+is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from alignparadox.geometry.directions import Direction
 from alignparadox.geometry.fitted import (
     DIRECTION_DEFAULTS,
     FIXED_ALPHA,
+    NOT_MEASURED,
     cell_directions,
     check_direction_cell,
     direction_summary,
@@ -35,6 +42,7 @@ from alignparadox.hooks import collect_activations, residual_layout
 from alignparadox.judges import scoring
 from alignparadox.judges.registry import make_judge
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, table
+from alignparadox.report.verdicts import Position, target_positions
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_behaviours, cell_judge
@@ -125,20 +133,21 @@ class Geometry(Measurement):
         settings = cell.settings
         target = shared_target(cell.target)
         behaviours = cell_behaviours(cell)
-        refusal, _ = cell_directions(target, cell)
+        refusal, value = cell_directions(target, cell)
         direction = refusal.direction
         harmful, harmless = (behaviours.requests(kind, "select", settings["n_per_kind"],
                                                  cell.seed) for kind in (HARMFUL, HARMLESS))
         layers = state_layers(residual_layout(target.model).n_layers, direction)
 
-        def states(records) -> dict[int, torch.Tensor]:
-            prompts = [target.format_chat(r.prompt) for r in records]
-            acts = collect_activations(target.model, target.tokenizer, prompts, layers,
-                                       direction.positions[0],
+        def states(prompts: list[str], position: int,
+                   at: range | list[int] = layers) -> dict[int, torch.Tensor]:
+            acts = collect_activations(target.model, target.tokenizer, prompts, at, position,
                                        batch_size=settings["batch_size"], progress=False)
             return {layer: a[:, 0] for layer, a in acts.items()}
 
-        harmful_states, harmless_states = states(harmful), states(harmless)
+        harmful_states, harmless_states = (
+            states([target.format_chat(r.prompt) for r in records], direction.positions[0])
+            for records in (harmful, harmless))
         answers = target.generate(
             harmful.texts, GenerationConfig(max_new_tokens=settings["max_new_tokens"],
                                             batch_size=settings["batch_size"]))
@@ -161,19 +170,38 @@ class Geometry(Measurement):
             "refused": wilson(sum(refused), len(refused)).as_dict(),
             "request": _definition(harmful_states, harmless_states, direction, keep, seed),
             "behaviour": _definition(pick(refused), pick(complied), direction, keep, seed),
+            "value_direction": direction_summary(value),
+            "value": None,
         }
+        pair_hashes = {}
+        if value is not None:
+            pairs = behaviours.contrast("select", settings["n_per_kind"], cell.seed)
+            position = value.direction.positions[0]
+            # The value recipe may pick layer 0: at the answer's last token the embeddings
+            # differ between answers, so that layer is compared too when it is the direction's.
+            at = sorted({*layers, value.direction.layer})
+            sides = [states([target.format_chat(p.request) + getattr(p, side) for p in pairs],
+                            position, at) for side in ("aligned", "misaligned")]
+            results["value"] = _definition(*sides, value.direction, keep, seed)
+            pair_hashes = {pairs.name: pairs.sha256, **value.direction.prompt_hashes}
         return CellResult(results, target_id=target.name, weight_hash=target.weight_hash,
                           prompt_sets={harmful.name: harmful.sha256,
                                        harmless.name: harmless.sha256,
-                                       **direction.prompt_hashes},
+                                       **direction.prompt_hashes, **pair_hashes},
                           judge=judge)
 
     def paradox_measures(self, rows: list[CellRecord],
                          options: ReportOptions) -> list[ParadoxMeasure]:
-        return [ParadoxMeasure("separability", "aligned vs misaligned states", SUCCESS, {
+        measures = [ParadoxMeasure("separability", "aligned vs misaligned states", SUCCESS, {
             r.target: r.results[definition]["fisher_on_direction"] for r in rows},
             f"Fisher ratio on the refusal direction ({definition} definition)")
             for definition in ("request", "behaviour")]
+        if any(_value(r) for r in rows):
+            measures.append(ParadoxMeasure("separability", "aligned vs misaligned states",
+                                           SUCCESS, {r.target: _value_fisher(r) for r in rows},
+                                           "Fisher ratio on the value direction (value "
+                                           "definition)"))
+        return measures
 
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         strengths = alignment_strengths(rows, options)
@@ -183,26 +211,29 @@ class Geometry(Measurement):
             "select-split requests (never the test split). <b>Request</b> definition (as the "
             "paper's Figure 1B): harmful vs harmless requests. <b>Behaviour</b> definition: "
             "harmful requests the model refused vs answered with harmful compliance (only "
-            "where each group has at least 4 states). Fisher ratio and probe AUROC are "
-            "measured on a held-out 30%.</p>")
+            "where each group has at least 4 states). <b>Value</b> definition (Figure 1B's "
+            "value version): a value-axis request followed by its aligned vs its misaligned "
+            "answer (teacher-forced contrast pairs), at the value direction's position. Fisher "
+            "ratio and probe AUROC are measured on a held-out 30%.</p>")
         summary = table(
             ["target", "steps", "refused (harmful)", "direction (layer, pos)",
              "Fisher on direction (request)", "AUROC at direction layer (request)",
              "max Fisher over layers (request)", "Fisher on direction (behaviour)",
-             "refused / complied states"],
+             "refused / complied states", "Fisher on value direction (value)"],
             [[r.target, _steps(strengths, r), r.results["refused"],
               f"({r.results['direction']['layer']}, {r.results['direction']['position']})",
               r.results["request"]["fisher_on_direction"], _auroc_at(r, "request"),
               max((x["fisher"] for x in r.results["request"]["per_layer"]), default=None),
               r.results["behaviour"]["fisher_on_direction"],
-              f"{r.results['behaviour']['n_aligned']} / {r.results['behaviour']['n_misaligned']}"]
+              f"{r.results['behaviour']['n_aligned']} / {r.results['behaviour']['n_misaligned']}",
+              _value_fisher(r) if _value(r) else _value_missing(r)]
              for r in rows],
-            caption="Separability per target at the refusal direction's layer.")
+            caption="Separability per target at the refusal (value) direction's layer.")
         per_layer = table(
             ["target", "definition", "layer", "Fisher", "AUROC", "held-out states"],
             [[r.target, definition, x["layer"], x["fisher"], x["auroc"], x["n_test"]]
-             for r in rows for definition in ("request", "behaviour")
-             for x in r.results[definition]["per_layer"]],
+             for r in rows for definition in DEFINITIONS
+             for x in (r.results.get(definition) or {}).get("per_layer", [])],
             caption="Separability per layer per target (layer 0 = embeddings).")
         correlations = table(
             ["separability", "rank correlation with alignment steps",
@@ -214,13 +245,41 @@ class Geometry(Measurement):
                     r.target: _auroc_at(r, "request") for r in rows},
                 "Fisher on direction (behaviour)": {
                     r.target: r.results["behaviour"]["fisher_on_direction"] for r in rows},
+                **({"Fisher on value direction (value)": {
+                    r.target: _value_fisher(r) for r in rows}}
+                   if any(_value(r) for r in rows) else {}),
             }),
             caption="The paradox's first claim: does separability grow with alignment? "
                     "Spearman rho with a bootstrap 95% interval across targets.")
         alphas = _fixed_alphas(options)
-        return Section(self.title, intro + _figure_1b(rows, strengths, alphas, "request")
-                       + _figure_1b(rows, strengths, alphas, "behaviour") + summary
+        positions = target_positions(options)
+        figures = Markup("").join(_figure_1b(rows, strengths, alphas, definition, positions)
+                                  for definition in DEFINITIONS)
+        return Section(self.title, intro + figures + summary
                        + _layer_plot(rows) + per_layer + correlations)
+
+
+DEFINITIONS = ("request", "behaviour", "value")
+# definition -> (legend of the aligned group, of the misaligned group, the direction's name)
+_DRAWN = {"request": ("harmful request", "harmless request", "refusal"),
+          "behaviour": ("refused", "complied (harmful)", "refusal"),
+          "value": ("aligned answer", "misaligned answer", "value")}
+
+
+def _value(row: CellRecord) -> dict[str, Any] | None:
+    """The value definition's results; None without contrast pairs (or from older runs)."""
+    return row.results.get("value")
+
+
+def _value_missing(row: CellRecord) -> str:
+    """Why a row has no value definition: no contrast pairs, or a cell from before it."""
+    if "value" in row.results:
+        return NOT_MEASURED
+    return "not measured: this cell predates the value definition (re-run geometry)"
+
+
+def _value_fisher(row: CellRecord) -> float | None:
+    return (_value(row) or {}).get("fisher_on_direction")
 
 
 def _steps(strengths, row: CellRecord) -> float:
@@ -240,24 +299,29 @@ def _fixed_alphas(options: ReportOptions) -> dict[str, float]:
             for r in options.all_rows.get("model_tinkering", [])}
 
 
-def _steering_shift(results: dict[str, Any], alpha: float) -> float:
-    """Shift along the refusal direction of addition at `alpha` towards misalignment:
-    alpha · mean norm · the direction's misaligned sign (−1, the refusal recipe's, when older
-    results did not record it)."""
+def _steering_shift(results: dict[str, Any], alpha: float, along: str = "refusal") -> float:
+    """Shift along the refusal (or value) direction of addition at `alpha` towards
+    misalignment: alpha · mean norm · the direction's misaligned sign (−1, the refusal
+    recipe's, when older results did not record it)."""
+    if along == "value":
+        summary = results["value_direction"]
+        return alpha * summary["misaligned_sign"] * summary["mean_norm"]
     sign = results["direction"].get("misaligned_sign")
     return alpha * (-1 if sign is None else sign) * results["mean_norm"]
 
 
 def _figure_1b(rows: list[CellRecord], strengths, alphas: dict[str, float],
-               definition: str) -> Markup:
-    drawn = [r for r in rows if r.results[definition]["projection"]]
+               definition: str, positions: dict[str, Position]) -> Markup:
+    if definition == "value" and not any(_value(r) for r in rows):
+        return Markup("<p>Value definition: {}.</p>").format(_value_missing(rows[0]))
+    drawn = [r for r in rows if (r.results.get(definition) or {}).get("projection")]
     aligned = [r for r in drawn if 0 < _steps(strengths, r) < math.inf] or drawn
     if not aligned:
         return Markup("<p>No target has enough states for the {} definition's "
                       "projection.</p>").format(definition)
+    aligned = _one_family(aligned, positions)
     panels = aligned[:1] if len(aligned) == 1 else [aligned[0], aligned[-1]]
-    names = (("harmful request", "harmless request") if definition == "request"
-             else ("refused", "complied (harmful)"))
+    *names, along = _DRAWN[definition]
     from matplotlib.figure import Figure
 
     default_alpha = FIXED_ALPHA
@@ -272,23 +336,37 @@ def _figure_1b(rows: list[CellRecord], strengths, alphas: dict[str, float],
         # The attack's steering vector lies along the direction, which is the x axis.
         alpha = alphas.get(row.target, default_alpha)
         start = np.asarray(projection["aligned"]).mean(0)
-        end = (start[0] + _steering_shift(row.results, alpha), start[1])
+        end = (start[0] + _steering_shift(row.results, alpha, along), start[1])
         axes.annotate("", xy=end, xytext=tuple(start),
                       arrowprops={"arrowstyle": "->", "lw": 2, "color": "black"})
         axes.update_datalim([tuple(start), end])  # keep the whole arrow in view
         axes.autoscale_view()
         axes.set_title(f"{row.target} (steps {_steps(strengths, row):g}, arrow: "
                        f"alpha = {alpha:g})", fontsize=9)
-        axes.set_xlabel("projection on refusal direction")
+        axes.set_xlabel(f"projection on {along} direction")
         axes.set_ylabel("top orthogonal PC")
         axes.legend(fontsize=7)
     drawn_names = " and ".join(row.target for row in panels)
     return figure(fig, f"Figure 1B-style projection, {definition} definition: {drawn_names}",
                   caption=f"Figure 1B-style projection ({definition} definition: {names[0]} vs "
-                          f"{names[1]}) for the weakest and strongest aligned target "
-                          f"({drawn_names}), at the refusal direction's layer; the arrow is the "
-                          "steering vector of addition towards compliance at the "
-                          "model_tinkering measurement's fixed alpha.")
+                          f"{names[1]}) for the weakest and strongest aligned target of one "
+                          f"family ({drawn_names}), at the {along} direction's layer; the arrow "
+                          "is the steering vector of addition towards "
+                          f"{'compliance' if along == 'refusal' else 'the misaligned value'} "
+                          "at the model_tinkering measurement's fixed alpha.")
+
+
+def _one_family(rows: list[CellRecord], positions: dict[str, Position]) -> list[CellRecord]:
+    """The rows on the first row's alignment axis (strengths on different axes do not
+    compare), and of its family when that family has another row here."""
+    def where(row: CellRecord) -> tuple[str | None, str | None]:
+        position = positions.get(row.target)
+        return (position.axis, position.family) if position else (None, None)
+
+    axis, family = where(rows[0])
+    rows = [r for r in rows if where(r)[0] == axis]
+    kin = [r for r in rows if where(r)[1] == family]
+    return kin if len(kin) > 1 else rows
 
 
 def _layer_plot(rows: list[CellRecord]) -> Markup:

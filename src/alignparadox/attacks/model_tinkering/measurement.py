@@ -34,6 +34,7 @@ from alignparadox.errors import UserError
 from alignparadox.geometry.fitted import (
     DIRECTION_DEFAULTS,
     FIXED_ALPHA,
+    NOT_MEASURED,
     cell_directions,
     check_direction_cell,
     direction_summary,
@@ -69,7 +70,6 @@ from alignparadox.targets.providers import alignment_strength
 
 HALF = 0.5
 SAMPLES_PER_CONDITION = 2
-NOT_MEASURED = "not measured: the behaviour set has no contrast pairs (give pairs = FILE)"
 
 
 def smallest_alpha(sweep: Sequence[dict], key: str, level: float = HALF) -> float | None:
