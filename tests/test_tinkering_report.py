@@ -236,6 +236,17 @@ def test_figure_1b_panels_come_from_one_family_and_the_value_arrow_is_value_stee
         rows.append(record("geometry", target, results))
     html = str(Geometry().report_section(rows, ReportOptions(all_rows={"geometry": rows})).html)
     assert "(share/a1 and share/a2)" in html and "sft/a" not in " ".join(a for _, a in figures)
+    # Nor do section correlations pool them: a share and a step count are on different scales.
+    steps, refusal = table_rows(html, "The paradox's first claim")["Fisher on direction (request)"]
+    assert steps.startswith("several alignment axes (share; steps)"), steps
+    assert "ρ" not in steps and not re.search(r"\[[-+]", steps)
+    from alignparadox.attacks.input_tinkering.base import paradox_correlation
+
+    for row in rows:
+        row.results["asr"] = rate(5)
+    paragraph = str(paradox_correlation(rows, ReportOptions(all_rows={"geometry": rows}), "ASR",
+                                        lambda res: res["asr"]["rate"]))
+    assert "several alignment axes (share; steps)" in paragraph and "[" not in paragraph
     value = next(fig for fig, alt in figures if "value definition" in alt)
     for axes in value.axes:
         (arrow,) = axes.texts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,11 +52,16 @@ class Correlation:
     low: float
     high: float
     n: int
+    # Why rho is not computed, when a report knows better than n (keyword-only, so subclasses
+    # keep their positional fields).
+    note: str | None = field(default=None, kw_only=True)
 
     def as_dict(self) -> dict:
         return {"rho": self.rho, "low": self.low, "high": self.high, "n": self.n}
 
     def __str__(self) -> str:
+        if self.note:
+            return self.note
         if self.n < 3:
             return f"n={self.n}: too few targets"
         if math.isnan(self.rho):

@@ -26,10 +26,14 @@ from dataclasses import dataclass
 
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, table
 from alignparadox.stats import PooledCorrelation, pooled_spearman
-from alignparadox.study.measurement import TARGET_PROVENANCE
-from alignparadox.study.strength import COST, SUCCESS, ParadoxMeasure
+from alignparadox.study.strength import (
+    COST,
+    SUCCESS,
+    ParadoxMeasure,
+    Position,
+    target_positions,
+)
 
-MEASURED_REFUSAL = "measured refusal rate"
 POOLED = "pooled over axes"
 HOLDS, OPPOSITE, INCONCLUSIVE = "paradox holds", "opposite", "inconclusive"
 # What a reader must know of a judge whose verdicts the table rests on.
@@ -40,15 +44,6 @@ JUDGE_LIMITS = {
                  "LLM judge for harmfulness.",
 }
 INCARNATIONS = ("separability", "model tinkering", "input tinkering", "output tinkering")
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a target sits: its alignment axis, the family it belongs to, its strength."""
-
-    axis: str
-    family: str
-    strength: float
 
 
 @dataclass(frozen=True)
@@ -66,38 +61,6 @@ class Verdict:
         sign = 1 if self.measure.kind == SUCCESS else -1
         low, high = sorted((sign * c.low, sign * c.high))
         return HOLDS if low > 0 else OPPOSITE if high < 0 else INCONCLUSIVE
-
-
-def target_positions(options: ReportOptions) -> dict[str, Position]:
-    """Every reported target with a known alignment strength: from its provenance card, else
-    from its measured refusal rate."""
-    cards: dict[str, dict] = {}
-    targets: set[str] = set()
-    for rows in options.all_rows.values():
-        for row in rows:
-            targets.add(row.target)
-            card = (row.results or {}).get(TARGET_PROVENANCE)
-            if card:
-                cards.setdefault(row.target, card)
-    refusal = {row.target: row.results["refusal"]["rate"]
-               for row in options.all_rows.get("alignment", [])
-               if row.results and (row.results.get("refusal") or {}).get("n")}
-    given = options.strengths or {"values": {}}
-    positions = {}
-    for target in sorted(targets):
-        card = cards.get(target, {})
-        if target in given["values"]:
-            positions[target] = Position(given["axis"], "given by the study",
-                                         float(given["values"][target]))
-            continue
-        strength = card.get("alignment_strength")
-        if isinstance(strength, int | float) and not isinstance(strength, bool):
-            positions[target] = Position(card.get("alignment_axis") or "alignment strength",
-                                         card.get("family") or f"target {target}",
-                                         float(strength))
-        elif target in refusal:
-            positions[target] = Position(MEASURED_REFUSAL, f"target {target}", refusal[target])
-    return positions
 
 
 def verdicts(measure: ParadoxMeasure, positions: dict[str, Position]) -> list[Verdict]:

@@ -371,7 +371,11 @@ def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: 
     or steps the attack spent per request, failures counted at the full budget) falls, which is
     the paradox's other face and stays informative when every rate saturates at 1."""
     from alignparadox.report.html import Markup
+    from alignparadox.study.strength import alignment_strengths as with_axes
 
+    mixed = with_axes(list(rows), options).mixed_axes
+    if mixed:
+        return Markup("<p>Paradox correlation of {}: {}.</p>").format(metric, mixed)
     strengths = alignment_strengths(options, rows)
     pairs = [(strengths[r.target], value(r.results)) for r in rows
              if r.target in strengths and r.results and value(r.results) is not None]
