@@ -42,7 +42,6 @@ from alignparadox.hooks import collect_activations, residual_layout
 from alignparadox.judges import scoring
 from alignparadox.judges.registry import make_judge
 from alignparadox.report.html import Markup, ReportOptions, Section, figure, table
-from alignparadox.report.verdicts import Position, target_positions
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_behaviours, cell_judge
@@ -56,8 +55,10 @@ from alignparadox.study.store import CellRecord
 from alignparadox.study.strength import (
     SUCCESS,
     ParadoxMeasure,
+    Position,
     alignment_strengths,
     correlation_rows,
+    target_positions,
 )
 from alignparadox.targets.providers import alignment_strength
 
