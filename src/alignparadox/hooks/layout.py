@@ -351,10 +351,18 @@ def _refine(recording: _Recording, module: nn.Module, siblings: list[nn.Module],
     """The pure writes that make up `module`'s output: the writes inside it, plus those of the
     sibling whose output it adds as a residual; else `module` itself. None when that residual
     is a norm's output (Bloom's `apply_residual_connection_post_layernorm`): the stream is then
-    normalised in every block, as in a post-LayerNorm model."""
+    normalised in every block, as in a post-LayerNorm model. None too for a leaf with weights
+    that mixes two stream-shaped inputs itself (Ergo's `ErgoResidualGate`, g ⊙ branch +
+    h ⊙ residual with learnt per-dimension g, h): it rescales the residual elementwise, so
+    no projection of its output keeps the stream it passes on orthogonal to a direction."""
+    output = recording.outputs[module]
+    if (not _is_norm(module) and not isinstance(module, _LINEAR)
+            and next(module.children(), None) is None
+            and sum(x.is_floating_point() and x.numel() == output.numel()
+                    for x in _tensors(recording.inputs[module])) >= 2):
+        return None
     if _is_norm(module) or depth >= 4 or next(module.children(), None) is None:
         return [module]
-    output = recording.outputs[module]
     for residual in _tensors(recording.inputs[module]):
         if not residual.is_floating_point() or residual.numel() != output.numel():
             continue
