@@ -43,6 +43,8 @@ from alignparadox.defenses.best_of_n.core import (
     BestOfNConfig,
     BestOfNDefense,
     Candidates,
+    prompt_batches,
+    prompts_per_batch,
     sample_candidates,
 )
 from alignparadox.hooks import residual_layout
@@ -84,17 +86,14 @@ def forward_flops(shape: Shape, rows: int, fed: int, cached: int, blocks: int,
     return rows * fed * blocks * per_query + (rows * shape.head if logits else 0)
 
 
-def longest_first(candidates: Candidates, prompts_per_batch: int
+def longest_first(candidates: Candidates, config: BestOfNConfig
                   ) -> list[tuple[int, list[Generation]]]:
     """(padded prompt width, answers) of each batch, as `sample_candidates` and
-    `_candidate_states` batch them: whole prompts, longest first."""
-    order = sorted(range(candidates.n_prompts), key=lambda i: -len(candidates.prompt_ids[i]))
-    batches = []
-    for start in range(0, len(order), prompts_per_batch):
-        part = order[start:start + prompts_per_batch]
-        batches.append((max(len(candidates.prompt_ids[i]) for i in part),
-                        [answer for i in part for answer in candidates.of(i)]))
-    return batches
+    `_candidate_states` batch them (`core.prompt_batches`)."""
+    per_batch = prompts_per_batch(candidates.n, config.batch_size)
+    return [(max(len(candidates.prompt_ids[i]) for i in part),
+             [answer for i in part for answer in candidates.of(i)])
+            for part in prompt_batches(candidates.prompt_ids, per_batch)]
 
 
 def sampling_flops(target: WhiteBoxTarget, candidates: Candidates, config: BestOfNConfig,
@@ -102,9 +101,9 @@ def sampling_flops(target: WhiteBoxTarget, candidates: Candidates, config: BestO
     """`sample_candidates` with at most `max_steps` decoding steps: each batch is prefilled,
     then fed one token per row per step until its longest answer has yielded its last token
     (its stop token, or the step limit)."""
-    shape, n = model_shape(target), config.n
+    shape = model_shape(target)
     total = 0
-    for width, answers in longest_first(candidates, max(n, config.batch_size // n * n) // n):
+    for width, answers in longest_first(candidates, config):
         room = (target.context_length or 1 << 62) - width
         steps = min(max_steps, room, max(len(answer.token_ids) + 1 for answer in answers))
         total += forward_flops(shape, len(answers), width, 0, shape.n_layers, True)
@@ -120,7 +119,7 @@ def reference_flops(reference: WhiteBoxTarget, candidates: Candidates, config: B
     blocks, so no LM head."""
     shape, n = model_shape(reference), config.n
     total = 0
-    for width, answers in longest_first(candidates, max(1, config.batch_size // n)):
+    for width, answers in longest_first(candidates, config):
         total += forward_flops(shape, len(answers) // n, width, 0, layer, False)
         fed = max(len(answer.token_ids) for answer in answers)
         if fed:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from alignparadox.report.html import ReportOptions, Section
     from alignparadox.study.cells import Cell
     from alignparadox.study.store import CellRecord
-    from alignparadox.study.strength import ParadoxMeasure
+    from alignparadox.study.strength import ParadoxMeasure, Strengths
     from alignparadox.targets.whitebox import GenerationConfig
 
 Prompt = str | list[dict]
@@ -333,13 +333,16 @@ def samples(results: Sequence[AttackResult], keep: int = 8) -> list[dict[str, An
 # -- report helpers ------------------------------------------------------------------------------
 
 
-def alignment_strengths(options: ReportOptions,
-                        rows: Iterable[CellRecord] = ()) -> dict[str, float]:
+def alignment_strengths(options: ReportOptions, rows: Iterable[CellRecord] = (),
+                        strengths: Strengths | None = None) -> dict[str, float]:
     """Alignment steps per target (`alignparadox.study.strength.alignment_strengths`, which
-    also knows the measured refusal), for sections that sort and correlate by steps."""
-    from alignparadox.study.strength import alignment_strengths as strengths
+    also knows the measured refusal, unless given as `strengths`), for sections that sort and
+    correlate by steps."""
+    from alignparadox.study.strength import alignment_strengths as measured
 
-    return {target: float(steps) for target, (steps, _) in strengths(list(rows), options).items()
+    if strengths is None:
+        strengths = measured(list(rows), options)
+    return {target: float(steps) for target, (steps, _) in strengths.items()
             if steps is not None}
 
 
@@ -373,10 +376,11 @@ def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: 
     from alignparadox.report.html import Markup
     from alignparadox.study.strength import alignment_strengths as with_axes
 
-    mixed = with_axes(list(rows), options).mixed_axes
-    if mixed:
-        return Markup("<p>Paradox correlation of {}: {}.</p>").format(metric, mixed)
-    strengths = alignment_strengths(options, rows)
+    measured = with_axes(list(rows), options)
+    if measured.mixed_axes:
+        return Markup("<p>Paradox correlation of {}: {}.</p>").format(metric,
+                                                                     measured.mixed_axes)
+    strengths = alignment_strengths(options, strengths=measured)
     pairs = [(strengths[r.target], value(r.results)) for r in rows
              if r.target in strengths and r.results and value(r.results) is not None]
     if len(pairs) < 3:

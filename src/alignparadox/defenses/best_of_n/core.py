@@ -167,6 +167,18 @@ class Candidates:
         return [answer.text for answer in self.answers]
 
 
+def prompt_batches(prompt_ids: Sequence[Sequence[int]], per_batch: int) -> list[list[int]]:
+    """Prompt indices per batch as sampling and scoring take them: whole prompts (all N of a
+    prompt's answers in one batch), longest first, to waste little padding."""
+    order = sorted(range(len(prompt_ids)), key=lambda index: -len(prompt_ids[index]))
+    return [order[start:start + per_batch] for start in range(0, len(order), per_batch)]
+
+
+def prompts_per_batch(n: int, batch_size: int) -> int:
+    """Prompts per sampling or scoring batch: `batch_size` rows, at least one prompt's N."""
+    return max(1, batch_size // n)
+
+
 def sample_candidates(target: WhiteBoxTarget, prompt_ids: Sequence[list[int]],
                       config: BestOfNConfig, *, seed: int | None = None,
                       layers: Sequence[int] = ()) -> Candidates:
@@ -189,9 +201,6 @@ def sample_candidates(target: WhiteBoxTarget, prompt_ids: Sequence[list[int]],
                                     "max_new_tokens": generation.max_new_tokens + 1})
                 if layers else generation)
     n = config.n
-    order = sorted(range(len(prompt_ids)), key=lambda index: -len(prompt_ids[index]))
-    rows = [index for index in order for _ in range(n)]
-    per_batch = max(n, config.batch_size // n * n)
     generator = target._generator(generation)
     answers: list[Generation | None] = [None] * (len(prompt_ids) * n)
     states: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(answers)
@@ -213,8 +222,8 @@ def sample_candidates(target: WhiteBoxTarget, prompt_ids: Sequence[list[int]],
         return (torch.stack(steps, 1).tolist() if steps else [[] for _ in part]), read
 
     missing: list[int] = []
-    for start in range(0, len(rows), per_batch):
-        batch = rows[start:start + per_batch]
+    for prompts in prompt_batches(prompt_ids, prompts_per_batch(n, config.batch_size)):
+        batch = [index for index in prompts for _ in range(n)]
         for part, (tokens, read) in back_off.run(len(batch),
                                                  lambda part, b=batch: decode(b[part])):
             for slot, (index, new) in enumerate(zip(batch[part], tokens, strict=True)):
@@ -424,9 +433,6 @@ def _candidate_states(model: WhiteBoxTarget, candidates: Candidates, layers: Seq
     answers = [answer.token_ids for answer in candidates.answers]
     states: dict[int, list[torch.Tensor | None]] = {layer: [None] * len(answers)
                                                     for layer in layers}
-    # Longest prompts first; a batch holds whole prompts (all N of their answers).
-    order = sorted(range(candidates.n_prompts), key=lambda i: -len(candidates.prompt_ids[i]))
-    per_batch = max(1, batch_size // n)
     back_off = BackOff(f"reading the residual stream of {model.name}")
     keyword = model._cache_keyword
 
@@ -466,8 +472,7 @@ def _candidate_states(model: WhiteBoxTarget, candidates: Candidates, layers: Seq
                                       else at_prompt_end[layer][slot // n])
 
     with torch.inference_mode():
-        for start in range(0, len(order), per_batch):
-            chunk = order[start:start + per_batch]
+        for chunk in prompt_batches(candidates.prompt_ids, prompts_per_batch(n, batch_size)):
             back_off.run(len(chunk), lambda part, c=chunk: forward(c[part]))
     return {layer: torch.stack(values) for layer, values in states.items()}  # type: ignore
 
