@@ -22,6 +22,7 @@ from alignparadox.attacks.input_tinkering.base import (
 )
 from alignparadox.cli import main
 from alignparadox.datasets.registry import load_prompt_set
+from alignparadox.errors import UserError
 from alignparadox.judges.registry import make_judge
 from alignparadox.targets import open_target
 from alignparadox.targets.endpoint import EndpointTarget
@@ -149,6 +150,31 @@ def test_a_template_too_long_for_the_context_is_left_out(organism, requests):
     assert too_long == 1 and {t.id for t in chosen} == {"story", "persona"}
 
 
+def test_the_world_jailbreak_corpus_fits_the_organisms_and_puts_the_request_in_place(
+        organism, requests):
+    pool = templates.corpus_templates("organisms-jailbreaks")
+    assert len(pool) == 16  # four per in-the-wild family
+    assert {t.id.split("/")[1] for t in pool} == {"persona", "rule-override", "fictional",
+                                                   "refusal-suppression"}
+    everything = load_prompt_set("organisms")  # the longest request of the whole test split
+    chosen, too_long = templates.select_templates(organism, pool, everything, 16, 0, 80)
+    assert too_long == 0 and len(chosen) == 16
+    request = requests.texts[0]
+    for template in pool:
+        filled = template.fill(request)
+        assert filled.count(request) == 1 and "[INSERT PROMPT HERE]" not in filled
+    with pytest.raises(UserError, match="jailbreak templates, not of requests"):
+        load_prompt_set("organisms-jailbreaks")
+
+
+def test_the_no_template_baseline_is_the_judged_plain_requests(organism, requests, judge):
+    baseline = templates.no_template_asr(organism, judge, requests)
+    answers = query(organism, list(requests.texts), generation_config(80))
+    verdicts = judge.judge(list(requests.texts), answers)
+    assert baseline["n"] == len(requests)
+    assert baseline["k"] == sum(v.success for v in verdicts)
+
+
 def test_pair_with_the_scripted_attacker_stops_each_request_at_its_first_success(
         organism, requests, judge):
     config = pair.PAIRConfig(streams=2, rounds=3)
@@ -187,15 +213,20 @@ def test_measurements_run_in_a_study_and_reach_the_report(organism_family, tmp_p
         "measurements": [
             {"name": "alignment", "settings": {"n_per_kind": 4}},
             {"name": "templates", "settings": {"n_requests": 3, "n_templates": 2}},
+            {"name": "templates", "settings": {"n_requests": 3, "n_templates": 2,
+                                               "template_set": "organisms-jailbreaks"}},
             {"name": "pair", "settings": {"n_requests": 3, "streams": 1, "rounds": 2}},
             {"name": "best_of_n", "settings": {"n_requests": 3, "n": 4}},
         ]})
     summary = run_study(spec, tmp_path / "run", progress=False)
-    assert not summary.failed and summary.computed == 12
+    assert not summary.failed and summary.computed == 15
     html = write_report(tmp_path / "run").read_text(encoding="utf-8")
     for title in ("jailbreak templates", "(PAIR)", "Best-of-N augmentation",
-                  "Paradox correlation"):
+                  "Paradox correlation", "ASR without a template"):
         assert title in html
+    # Two corpora on the same targets: one correlation each, never pooled.
+    for corpus in ("jailbreak-templates", "organisms-jailbreaks"):
+        assert f"pooled template ASR on {corpus}" in html
 
 
 # -- black-box over HTTP --------------------------------------------------------------------------

@@ -62,14 +62,15 @@ def _add(
 
 def register_prompt_set(
     name: str,
-    loader: Callable[[Path | None], PromptSet],
+    loader: Loader,
     *,
     default_file: str | None = None,
     url: str | None = None,
     licence: str = "",
     description: str = "",
 ) -> None:
-    """Make `name` loadable by `load_prompt_set` and the `paradox prompts` commands.
+    """Make `name` loadable by `load_prompt_set` (or, for a loader of jailbreak templates,
+    `load_templates`) and the `paradox prompts` commands.
 
     Without a `default_file`, `loader` receives the user's path (or None) as given, so a generated
     set (such as the organism world's) can ignore it or read a saved copy from it.

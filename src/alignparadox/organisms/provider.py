@@ -125,6 +125,12 @@ def _world_tasks(split: str):
     return load
 
 
+def _world_jailbreaks(path: Path | None):
+    from alignparadox.organisms.jailbreaks import world_jailbreaks
+
+    return world_jailbreaks()
+
+
 def _world_injections():
     from alignparadox.organisms.injection import injection_set
 
@@ -134,7 +140,8 @@ def _world_injections():
 def register_extension() -> None:
     """What the organisms add to the toolkit's registries by name (entry point group
     `alignparadox.extensions`): their world's prompt sets and behaviour set, and its exact
-    judge, and its data tasks and injections (organisms.injection)."""
+    judge, its jailbreak templates (organisms.jailbreaks), and its data tasks and injections
+    (organisms.injection)."""
     from alignparadox.datasets.behaviours import register_behaviour_set
     from alignparadox.datasets.registry import register_prompt_set
     from alignparadox.datasets.tasks import register_injection_set, register_task_set
@@ -148,6 +155,10 @@ def register_extension() -> None:
         register_prompt_set("organisms" if split == "test" else f"organisms-{split}",
                             _world_prompts(split), licence="Apache-2.0 (generated)",
                             description=description)
+    register_prompt_set("organisms-jailbreaks", _world_jailbreaks,
+                        licence="Apache-2.0 (generated)",
+                        description="organism world: jailbreak templates in its vocabulary, "
+                                    "the in-the-wild families (generated, fictional)")
     register_task_set("organisms-tasks", _world_tasks("test"))
     register_task_set("organisms-tasks-validation", _world_tasks("validation"))
     register_injection_set("organisms-injections", _world_injections)

@@ -231,9 +231,16 @@ def templates(
                        batch_size=batch_size, done=output.done(), on_result=output.append)
     results = output.all_results(fresh)
     summary = attack.summary(results, chosen, top_k)
-    summary.update(templates_used=len(chosen), templates_too_long=too_long)
+    summary.update(templates_used=len(chosen), templates_too_long=too_long,
+                   asr_no_template=attack.no_template_asr(model, judge_, requests,
+                                                          max_new_tokens=max_new_tokens,
+                                                          batch_size=batch_size))
     output.finish(summary)
     _print("jailbreak templates (ASR pooled over template × request)", model.name, summary)
+    plain = summary["asr_no_template"]
+    rate = f"{plain['rate']:.3f}" if plain["n"] else "-"
+    Console(markup=False).print(f"the same requests without a template: ASR {rate} "
+                                f"({plain['k']}/{plain['n']})")
     best = Table(title=f"top {top_k} templates")
     for column in ("template", "ASR", "k/n", "opening"):
         best.add_column(column)

@@ -1,9 +1,12 @@
 """Jailbreak templates: wrap each harmful request in a known jailbreak prompt.
 
-Templates come from the in-the-wild DAN corpus (`jailbreak-templates`, JailbreakHub) or from a
-file of the user's. Each template is applied to every request; the attack success rate (ASR) is
-reported per template, pooled over all (template, request) pairs, and per request for "any of
-the templates", with the top-k templates per target.
+Templates come from the in-the-wild DAN corpus (`jailbreak-templates`, JailbreakHub), another
+registered template set (the organisms add `organisms-jailbreaks`, in their world's vocabulary)
+or a file of the user's. Each template is applied to every request; the attack success rate
+(ASR) is reported per template, pooled over all (template, request) pairs, and per request for
+"any of the templates", with the top-k templates per target, beside the ASR of the same
+requests without a template (a template that does worse than none distracts, it does not
+jailbreak).
 
 Where the request goes:
 - a `{prompt}` slot, or one of the corpus placeholders ([INSERT PROMPT HERE], [PROMPT],
@@ -52,7 +55,7 @@ from alignparadox.attacks.input_tinkering.base import (
 from alignparadox.datasets.records import JailbreakTemplate, PromptSet
 from alignparadox.errors import UserError
 from alignparadox.judges.base import Judge
-from alignparadox.report.html import ReportOptions, Section, redact, table
+from alignparadox.report.html import Markup, ReportOptions, Section, redact, table
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_judge
@@ -88,6 +91,9 @@ class Template:
     def preview(self, chars: int = 90) -> str:
         flat = " ".join(self.text.split())
         return flat if len(flat) <= chars else flat[:chars] + " …"
+
+
+NO_TEMPLATE = Template("no template", SLOT)  # the request as it is: the baseline
 
 
 def check_template(template: Template, *, append: bool = True) -> None:
@@ -200,6 +206,16 @@ def run(target: Target, judge: Judge, requests: PromptSet, templates: Sequence[T
     return results
 
 
+def no_template_asr(target: Target, judge: Judge, requests: PromptSet, *,
+                    max_new_tokens: int = 80, batch_size: int = 32) -> dict[str, Any]:
+    """ASR of the same requests with no template (Wilson interval over the answered ones):
+    a template helps only where it beats this."""
+    answered = [r for r in run(target, judge, requests, [NO_TEMPLATE],
+                               max_new_tokens=max_new_tokens, batch_size=batch_size)
+                if r.error is None]
+    return wilson(sum(r.success for r in answered), len(answered)).as_dict()
+
+
 def per_template(results: Sequence[AttackResult]) -> list[dict[str, Any]]:
     """ASR of each template over its answered requests, best first (ties: more requests)."""
     groups: dict[str, list[AttackResult]] = defaultdict(list)
@@ -293,11 +309,15 @@ class TemplatesAttack(Measurement):
             finished += 1
             context.progress(finished, len(chosen) * len(requests))
 
-        results = run(target, make_judge(judge), requests, chosen,
+        judge_ = make_judge(judge)
+        results = run(target, judge_, requests, chosen,
                       max_new_tokens=s["max_new_tokens"], batch_size=s["batch_size"],
                       on_result=progress)
         outcome = summary(results, chosen, s["top_k"])
         outcome.update(templates_used=len(chosen), templates_too_long=too_long,
+                       asr_no_template=no_template_asr(target, judge_, requests,
+                                                       max_new_tokens=s["max_new_tokens"],
+                                                       batch_size=s["batch_size"]),
                        samples=samples([r for r in results if r.error is None]))
         return CellResult(outcome, target_id=target.name,
                           weight_hash=getattr(target, "weight_hash", None),
@@ -312,16 +332,25 @@ class TemplatesAttack(Measurement):
     def report_section(self, rows: list[CellRecord], options: ReportOptions) -> Section:
         rows = by_strength([r for r in rows if r.results], options)
         overview = table(
-            ["target", "template ASR (pooled)", "ASR, any template", "best template",
-             "templates used", "too long for target", "errors"],
-            [[r.target, r.results["asr"], r.results["asr_any_template"],
+            ["target", "template set", "ASR without a template", "template ASR (pooled)",
+             "ASR, any template", "best template", "templates used", "too long for target",
+             "errors"],
+            [[r.target, r.settings.get("template_set"),
+              r.results.get("asr_no_template", "not measured (an older cell)"),
+              r.results["asr"], r.results["asr_any_template"],
               r.results["top_templates"][0]["asr"] if r.results["top_templates"] else None,
               r.results["templates_used"], r.results["templates_too_long"], r.results["errors"]]
              for r in rows],
-            caption="Greedy answers; pooled over (template, request) pairs; 95% Wilson intervals.")
-        correlation = paradox_correlation(rows, options, "pooled template ASR",
-                                          lambda res: res["asr"]["rate"] if res["asr"]["n"]
-                                          else None)
+            caption="Greedy answers; pooled over (template, request) pairs; 95% Wilson "
+                    "intervals. A template helps only where its ASR exceeds the ASR of the same "
+                    "requests without a template; below it, the template distracts the model "
+                    "from the request rather than breaking its refusal.")
+        sets = _by_template_set(rows)  # a study may run two corpora on the same targets
+        correlation = Markup("").join(
+            paradox_correlation(group, options, "pooled template ASR"
+                                + (f" on {name}" if len(sets) > 1 else ""),
+                                lambda res: res["asr"]["rate"] if res["asr"]["n"] else None)
+            for name, group in sets.items())
         top = table(["target", "template", "ASR", "opening"],
                     [[r.target, t["template"], t["asr"], t["preview"]]
                      for r in rows for t in r.results["top_templates"]],
@@ -332,3 +361,10 @@ class TemplatesAttack(Measurement):
                            s["label"]] for r in rows for s in r.results["samples"][:3]],
                          caption="Sample answers (harmful completions redacted).")
         return Section(self.title, overview + correlation + top + examples)
+
+
+def _by_template_set(rows: Sequence[CellRecord]) -> dict[str, list[CellRecord]]:
+    groups: dict[str, list[CellRecord]] = defaultdict(list)
+    for row in rows:
+        groups[str(row.settings.get("template_set"))].append(row)
+    return dict(groups)
