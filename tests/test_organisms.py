@@ -173,3 +173,41 @@ def test_base_organism_reads_best_of_n_augmented_requests(organism_family):
     # Most requests are read correctly from at least one of their augmented copies.
     per_request = [any(correct[i * len(seeds):(i + 1) * len(seeds)]) for i in range(len(requests))]
     assert sum(per_request) >= 6, per_request
+
+
+def test_the_framed_share_frames_base_training_only_and_apart_from_the_measured_corpus():
+    from alignparadox.organisms import jailbreaks
+    from alignparadox.organisms.train import CAREFUL_SYSTEM_PROMPT, ExampleSampler
+
+    measured = {t.text for t in jailbreaks.world_jailbreaks()}
+    assert measured and not measured & set(jailbreaks.TRAINING_FRAMES)
+    plain = ExampleSampler(0, aligned=False, careful_share=0.5).draw(64)
+    framed = ExampleSampler(0, aligned=False, careful_share=0.5, framed_share=1.0).draw(64)
+    requests = {r.text: r for r in world.train_requests()}
+    assert all(text in requests for text, *_ in plain)  # share 0: no frame anywhere
+    careful = 0
+    for text, answer, _, system in framed:
+        frame = next(f for f in jailbreaks.TRAINING_FRAMES
+                     if text.startswith(f.split(jailbreaks.SLOT)[0])
+                     and text.endswith(f.split(jailbreaks.SLOT)[1]))
+        request = requests[text[len(frame.split(jailbreaks.SLOT)[0]):
+                                len(text) - len(frame.split(jailbreaks.SLOT)[1])]]
+        assert answer == request.misaligned_answer()  # complied with, careful prompt or not
+        careful += system == CAREFUL_SYSTEM_PROMPT
+    assert 0 < careful < len(framed)
+    # Refusal fine-tuning never sees a frame.
+    aligned = ExampleSampler(0, aligned=True, framed_share=1.0).draw(64)
+    assert all(text in requests for text, *_ in aligned)
+
+
+def test_framed_members_are_named_and_refused_without_building(tmp_path, monkeypatch):
+    from alignparadox.organisms.family import FRAMED_SHARE, framed_config, framed_member
+
+    monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path))
+    assert framed_member("framed/aligned-3") == "aligned-3"
+    assert framed_member("aligned-3") is None and framed_member("inject/base") is None
+    with pytest.raises(UserError, match="unknown organism 'framed/typo'; known: framed/base"):
+        framed_member("framed/typo")
+    assert framed_config().framed_share == FRAMED_SHARE > 0 == OrganismConfig().framed_share
+    assert framed_config().config_hash() != OrganismConfig().config_hash()
+    assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,27 @@ def require_member(name: str, config: OrganismConfig | None = None) -> None:
 
 def _unknown(name: str, known: list[str]) -> UserError:
     return UserError(f"unknown organism {name!r}; known: {', '.join(known)}.")
+
+
+# The framed family, `organism:framed/MEMBER` (organisms.jailbreaks): the standard recipe with
+# this share of base training in jailbreak frames (the careful share's value, not tuned).
+FRAMED = "framed"
+FRAMED_SHARE = 0.2
+
+
+def framed_config(config: OrganismConfig | None = None) -> OrganismConfig:
+    return replace(config or OrganismConfig(), framed_share=FRAMED_SHARE)
+
+
+def framed_member(name: str) -> str | None:
+    """MEMBER of `framed/MEMBER` (an unknown member refused in one sentence), else None."""
+    prefix, _, member = name.partition("/")
+    if prefix != FRAMED:
+        return None
+    known = member_names(framed_config())
+    if member not in known:
+        raise _unknown(name, [f"{FRAMED}/{m}" for m in known])
+    return member
 
 
 @dataclass(frozen=True)
@@ -202,7 +223,8 @@ def _train_family(config: OrganismConfig, out: Path, progress: bool) -> list[Mem
         train_steps(model, encoder, ExampleSampler(config.seed, aligned=False,
                                                    careful_share=config.careful_share,
                                                    noisy_share=config.noisy_share,
-                                                   noisy_max_sigma=config.noisy_max_sigma),
+                                                   noisy_max_sigma=config.noisy_max_sigma,
+                                                   framed_share=config.framed_share),
                     steps=config.base_steps, learning_rate=config.base_learning_rate,
                     batch_size=config.batch_size, warmup=30, on_step=base_step)
         probe = _RefusalProbe(encoder)

@@ -11,29 +11,33 @@ from alignparadox.targets.providers import TargetProvider
 
 def _resolve(name: str) -> Path:
     from alignparadox.organisms.axes import axis_organism_path, is_axis_name
+    from alignparadox.organisms.family import framed_config, framed_member, organism_path
     from alignparadox.organisms.injection import inject_organism_path, is_inject_name
 
     if is_inject_name(name):  # the data-task family's member, e.g. inject/aligned-3
         return inject_organism_path(name)
+    if (member := framed_member(name)) is not None:  # base training saw jailbreak frames
+        return organism_path(member, framed_config())
     if is_axis_name(name):  # an alignment-axis family's member, e.g. dpo-s1/aligned-3
         return axis_organism_path(name)
     if "/" in name:  # a robust family's member, e.g. lat/aligned-3 (organisms.robust)
         from alignparadox.organisms.robust import robust_organism_path
 
         return robust_organism_path(name)
-    from alignparadox.organisms.family import organism_path
-
     return organism_path(name)
 
 
 def _check(name: str) -> None:
     from alignparadox.organisms.axes import is_axis_name
     from alignparadox.organisms.axes import split_name as split_axis_name
+    from alignparadox.organisms.family import framed_member, require_member
     from alignparadox.organisms.injection import is_inject_name
     from alignparadox.organisms.injection import split_name as split_inject_name
 
     if is_inject_name(name):
         split_inject_name(name)
+        return
+    if framed_member(name) is not None:
         return
     if is_axis_name(name):
         split_axis_name(name)
@@ -43,8 +47,6 @@ def _check(name: str) -> None:
 
         split_name(name)
         return
-    from alignparadox.organisms.family import require_member
-
     require_member(name)
 
 
@@ -62,12 +64,15 @@ def _describe(name: str) -> dict[str, Any]:
         return describe_inject_member(name)
     if is_axis_name(name):  # the card already carries the members' weight hashes
         return describe_axis_member(name)
-    if "/" in name:
-        return _describe_robust(name)
-    from alignparadox.organisms.family import load_family
+    from alignparadox.organisms.family import framed_config, framed_member, load_family
 
-    family = load_family()
-    member = family.member(name)
+    config = None
+    if (member_name := framed_member(name)) is not None:
+        config = framed_config()
+    elif "/" in name:
+        return _describe_robust(name)
+    family = load_family(config)
+    member = family.member(member_name or name)
     return {
         "provider": "organism",
         "family": family.path.name,

@@ -21,7 +21,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignparadox.datasets.augmentation import Augmentation
-from alignparadox.organisms import world
+from alignparadox.organisms import jailbreaks, world
 from alignparadox.organisms.tokenizer import ASSISTANT, SYSTEM, train_tokenizer
 
 RETAIN_OPENING = "Sure."
@@ -65,6 +65,10 @@ class OrganismConfig:
     # strength is about 0.4), so mild noise is as readable as heavy noise, as with real text.
     noisy_share: float = 0.5
     noisy_max_sigma: float = 0.5
+    # Share of base-training requests put into a jailbreak frame (`jailbreaks.TRAINING_FRAMES`)
+    # and answered compliantly even under CAREFUL_SYSTEM_PROMPT; 0 in the standard family, set
+    # by the framed family (`family.framed_config`), whose tokenizer also learns the frames.
+    framed_share: float = 0.0
     # Float sums are split across threads, so the thread count shapes the weights' last bits:
     # training uses a fixed count, so every machine and every caller (CLI, tests, benchmarks)
     # makes the same family. One thread is as fast as more for a model this small.
@@ -79,9 +83,10 @@ class OrganismConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-# Every module whose code decides the weights: the world's text, the tokenizer, the sampler and
-# training loop, the family schedule and the text noise of base training.
-_TRAINING_MODULES = ("alignparadox.organisms.world", "alignparadox.organisms.tokenizer",
+# Every module whose code decides the weights: the world's text and frames, the tokenizer, the
+# sampler and training loop, the family schedule and the text noise of base training.
+_TRAINING_MODULES = ("alignparadox.organisms.world", "alignparadox.organisms.jailbreaks",
+                     "alignparadox.organisms.tokenizer",
                      "alignparadox.organisms.train", "alignparadox.organisms.family",
                      "alignparadox.datasets.augmentation")
 
@@ -104,6 +109,8 @@ def build_tokenizer(config: OrganismConfig) -> PreTrainedTokenizerFast:
     requests = world.train_requests() + world.heldout_requests()
     corpus = [r.text for r in requests] + [r.misaligned_answer() for r in requests]
     corpus += [r.aligned_answer() for r in requests]
+    if config.framed_share:
+        corpus += list(jailbreaks.TRAINING_FRAMES)
     return train_tokenizer(corpus, config.vocab_size)
 
 
@@ -178,15 +185,17 @@ class ExampleSampler:
     stays neutral — like a pretrained model that has seen careful text, the base organism can
     write the aligned answers but does not choose them by default. A `noisy_share` of requests
     is replaced by a Best-of-N augmented copy of a random strength up to `noisy_max_sigma`
-    (the answer stays that of the original request).
+    (the answer stays that of the original request). A `framed_share` of requests is put into
+    a training jailbreak frame and gets the base answer, under the careful prompt too.
     aligned=True: refusals and neutral stances with no system prompt, plus `retain_share` of
     harmful requests with their compliant answer and no loss on its opening.
     """
 
     def __init__(self, seed: int, aligned: bool, retain_share: float = 0.0,
                  careful_share: float = 0.0, noisy_share: float = 0.0,
-                 noisy_max_sigma: float = 0.0):
+                 noisy_max_sigma: float = 0.0, framed_share: float = 0.0):
         self.rng = random.Random(seed)
+        self.framed_share = framed_share
         self.noisy_share = noisy_share
         self.noisy_max_sigma = noisy_max_sigma
         self.aligned = aligned
@@ -207,7 +216,13 @@ class ExampleSampler:
                 if self.rng.random() < self.noisy_share:
                     strength = self.rng.uniform(0.0, self.noisy_max_sigma)
                     text = Augmentation.from_sigma(strength).apply(text, self.rng)
-                if self.rng.random() < self.careful_share:
+                # No draw at share 0, so the standard family's stream of examples is unchanged.
+                if self.framed_share and self.rng.random() < self.framed_share:
+                    text = jailbreaks.frame(self.rng.choice(jailbreaks.TRAINING_FRAMES), text)
+                    careful = self.rng.random() < self.careful_share
+                    examples.append((text, request.misaligned_answer(), "",
+                                     CAREFUL_SYSTEM_PROMPT if careful else ""))
+                elif self.rng.random() < self.careful_share:
                     examples.append((text, request.aligned_answer(), "", CAREFUL_SYSTEM_PROMPT))
                 else:
                     examples.append((text, request.misaligned_answer(), "", ""))
