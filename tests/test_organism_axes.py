@@ -217,14 +217,15 @@ def test_a_share_family_has_one_member_per_share(organism_family):
     at a 70-step budget it jumps from 0 to about 0.55 between shares 0.042 and 0.05 and stays
     there up to 0.08 (measured, validation refusal per share 0.05 / 0.065 / 0.08 / 0.15 / 0.42:
     seed 0 0.56 / 0.55 / 0.53 / 0.87 / 0.98, seed 1 0.23 / 0.62 / 0.64 / 0.89 / 0.96, seed 2
-    0.00 / 0.57 / 0.63 / 0.89 / 0.98). What holds is checked: every aligned member of seed 0
-    above the base, and the top three ordered with margins."""
+    0.00 / 0.57 / 0.63 / 0.89 / 0.98 on one machine; seed 0 0.88 / 0.89 / 0.88 / 0.90 / 0.99 on
+    another). What holds is checked: every aligned member of seed 0 above the base, and the top
+    share refusing most, clearly above the lowest."""
     family = build_axis_family("share", 0, progress=False)  # about two minutes, then cached
     _check_family(family, organism_family, "share", 0, refusal_margins=False)
     assert [m["alignment_strength"] for m in family.members[1:]] == list(SHARES)
     assert len({m["alignment_steps"] for m in family.members[1:]}) == 1
     refusals = [m["validation_refusal"] for m in family.members]
     assert all(refusal > refusals[0] + 0.3 for refusal in refusals[1:]), refusals
-    assert all(b - a > 0.05 for a, b in pairwise(refusals[3:])), refusals
+    assert refusals[-1] == max(refusals) and refusals[-1] - min(refusals[1:]) > 0.05, refusals
     sft = {m["weight_hash"] for m in build_axis_family("sft", 0, progress=False).members[1:]}
     assert not sft & {m["weight_hash"] for m in family.members[1:]}
