@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from html import unescape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def test_measurements_run_in_a_study_and_reach_the_report(organism_family, tmp_p
         assert title in html
     # Two corpora on the same targets: one correlation each, never pooled.
     for corpus in ("jailbreak-templates", "organisms-jailbreaks"):
-        assert f"pooled template ASR on {corpus}" in html
+        assert f'pooled template ASR (template_set="{corpus}")' in unescape(html)
 
 
 # -- black-box over HTTP --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignparadox.datasets.augmentation import Augmentation
+from alignparadox.datasets.records import JailbreakTemplate
 from alignparadox.organisms import jailbreaks, world
 from alignparadox.organisms.tokenizer import ASSISTANT, SYSTEM, train_tokenizer
 
@@ -218,7 +219,8 @@ class ExampleSampler:
                     text = Augmentation.from_sigma(strength).apply(text, self.rng)
                 # No draw at share 0, so the standard family's stream of examples is unchanged.
                 if self.framed_share and self.rng.random() < self.framed_share:
-                    text = jailbreaks.frame(self.rng.choice(jailbreaks.TRAINING_FRAMES), text)
+                    frame = self.rng.choice(jailbreaks.TRAINING_FRAMES)
+                    text = JailbreakTemplate("frame", frame).fill(text)
                     careful = self.rng.random() < self.careful_share
                     examples.append((text, request.misaligned_answer(), "",
                                      CAREFUL_SYSTEM_PROMPT if careful else ""))

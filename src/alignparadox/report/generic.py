@@ -3,12 +3,14 @@ that vary, and every rate and top-level number in its results."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 from markupsafe import Markup
 
 from alignparadox.report.html import ReportOptions, Section, table
+from alignparadox.study.cells import canonical_json
 from alignparadox.study.store import CellRecord
 
 
@@ -36,6 +38,21 @@ def varying_settings(rows: list[CellRecord]) -> list[str]:
     names = sorted({name for row in rows for name in row.settings})
     return [name for name in names
             if len({repr(row.settings.get(name)) for row in rows}) > 1]
+
+
+def settings_groups(rows: list[CellRecord]) -> list[tuple[str, list[CellRecord]]]:
+    """Rows of one measurement split by their settings where a target was run under several
+    (a grid, or two corpora), each group labelled with the settings that tell the groups
+    apart; else one group labelled "". Correlations and verdicts never pool the groups."""
+    groups: dict[str, list[CellRecord]] = defaultdict(list)
+    for row in rows:
+        groups[canonical_json(row.settings)].append(row)
+    if len(groups) == 1 or len({row.target for row in rows}) == len(rows):
+        return [("", list(rows))]
+    varying = sorted({key for row in rows for key in row.settings
+                      if len({canonical_json(r.settings.get(key)) for r in rows}) > 1})
+    return [(", ".join(f"{key}={canonical_json(members[0].settings.get(key))}"
+                       for key in varying), members) for members in groups.values()]
 
 
 def generic_section(title: str, rows: list[CellRecord], options: ReportOptions) -> Section:

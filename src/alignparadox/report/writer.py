@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from alignparadox.datasets.io import check_output_file
 from alignparadox.errors import UserError
-from alignparadox.report.generic import generic_section
+from alignparadox.report.generic import generic_section, settings_groups
 from alignparadox.report.html import ReportOptions, Section, table
 from alignparadox.report.robust import robust_section
 from alignparadox.report.verdicts import verdict_section
@@ -143,22 +143,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
 
 def _paradox_measures(measurement, rows: list[CellRecord],
                       options: ReportOptions) -> list[ParadoxMeasure]:
-    """The measurement's verdict measures; rows of one target under several settings (a grid)
-    are kept apart, each group's measures naming the settings that tell them apart."""
-    groups: dict[str, list[CellRecord]] = defaultdict(list)
-    for row in rows:
-        groups[canonical_json(row.settings)].append(row)
-    if len(groups) == 1 or len({r.target for r in rows}) == len(rows):
-        return measurement.paradox_measures(rows, options)
-    varying = sorted({key for row in rows for key in row.settings
-                      if len({canonical_json(r.settings.get(key)) for r in rows}) > 1})
-    found = []
-    for members in groups.values():
-        label = ", ".join(f"{key}={canonical_json(members[0].settings.get(key))}"
-                          for key in varying)
-        found += [replace(m, detail=f"{m.detail} ({label})")
-                  for m in measurement.paradox_measures(members, options)]
-    return found
+    """The measurement's verdict measures, per `settings_groups` group, each group's measures
+    naming the settings that tell it apart."""
+    return [replace(m, detail=f"{m.detail} ({label})") if label else m
+            for label, members in settings_groups(rows)
+            for m in measurement.paradox_measures(members, options)]
 
 
 def _writable(path: Path) -> bool:

@@ -368,15 +368,27 @@ def attack_measures(attack: str, rows: Iterable[CellRecord], detail: str) -> lis
 def paradox_correlation(rows: list[CellRecord], options: ReportOptions, metric: str,
                         value: Callable[[Mapping[str, Any]], float | None],
                         *, is_cost: bool = False) -> Markup:
-    """A paragraph with Spearman's rho between alignment strength and `metric` per target.
+    """A paragraph with Spearman's rho between alignment strength and `metric` per target, one
+    per settings group (`report.generic.settings_groups`: two corpora on the same targets are
+    never pooled).
 
     A success rate (the default) rises as misalignment gets easier; a cost (`is_cost`: queries
     or steps the attack spent per request, failures counted at the full budget) falls, which is
     the paradox's other face and stays informative when every rate saturates at 1."""
+    from alignparadox.report.generic import settings_groups
+    from alignparadox.report.html import Markup
+
+    return Markup("").join(
+        _correlation(group, options, f"{metric} ({label})" if label else metric, value,
+                     is_cost) for label, group in settings_groups(list(rows)))
+
+
+def _correlation(rows: list[CellRecord], options: ReportOptions, metric: str,
+                 value: Callable[[Mapping[str, Any]], float | None], is_cost: bool) -> Markup:
     from alignparadox.report.html import Markup
     from alignparadox.study.strength import alignment_strengths as with_axes
 
-    measured = with_axes(list(rows), options)
+    measured = with_axes(rows, options)
     if measured.mixed_axes:
         return Markup("<p>Paradox correlation of {}: {}.</p>").format(metric,
                                                                      measured.mixed_axes)

@@ -55,7 +55,7 @@ from alignparadox.attacks.input_tinkering.base import (
 from alignparadox.datasets.records import JailbreakTemplate, PromptSet
 from alignparadox.errors import UserError
 from alignparadox.judges.base import Judge
-from alignparadox.report.html import Markup, ReportOptions, Section, redact, table
+from alignparadox.report.html import ReportOptions, Section, redact, table
 from alignparadox.stats import wilson
 from alignparadox.study.cells import Cell
 from alignparadox.study.inputs import BEHAVIOUR_SETTINGS, cell_judge
@@ -345,12 +345,9 @@ class TemplatesAttack(Measurement):
                     "intervals. A template helps only where its ASR exceeds the ASR of the same "
                     "requests without a template; below it, the template distracts the model "
                     "from the request rather than breaking its refusal.")
-        sets = _by_template_set(rows)  # a study may run two corpora on the same targets
-        correlation = Markup("").join(
-            paradox_correlation(group, options, "pooled template ASR"
-                                + (f" on {name}" if len(sets) > 1 else ""),
-                                lambda res: res["asr"]["rate"] if res["asr"]["n"] else None)
-            for name, group in sets.items())
+        correlation = paradox_correlation(rows, options, "pooled template ASR",
+                                          lambda res: res["asr"]["rate"] if res["asr"]["n"]
+                                          else None)
         top = table(["target", "template", "ASR", "opening"],
                     [[r.target, t["template"], t["asr"], t["preview"]]
                      for r in rows for t in r.results["top_templates"]],
@@ -362,9 +359,3 @@ class TemplatesAttack(Measurement):
                          caption="Sample answers (harmful completions redacted).")
         return Section(self.title, overview + correlation + top + examples)
 
-
-def _by_template_set(rows: Sequence[CellRecord]) -> dict[str, list[CellRecord]]:
-    groups: dict[str, list[CellRecord]] = defaultdict(list)
-    for row in rows:
-        groups[str(row.settings.get("template_set"))].append(row)
-    return dict(groups)
