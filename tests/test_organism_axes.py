@@ -94,16 +94,19 @@ def test_every_axis_and_seed_has_its_own_cache_key():
     assert len(set(AXIS_LABELS.values())) == len(AXES)
 
 
-def test_the_share_sampler_puts_the_share_of_refusal_requests_in_the_mix():
+def test_the_share_sampler_puts_the_share_of_alignment_data_in_the_mix():
+    """Refusals and neutral stances together are the share, in the standard 42:16 proportion;
+    harmless requests fill the rest."""
     from alignparadox.organisms import world
 
     for share in (SHARES[0], SHARES[-1]):
         drawn = axes._ShareSampler(7, share, retain_share=0.25).draw(4000)
         harmful = sum(world.REFUSALS[0] == answer or answer.startswith("Sure.")
                       and opening == "Sure." for _, answer, opening, _ in drawn)
-        assert abs(harmful / len(drawn) - share) < 0.03, share
         stance = sum(answer.startswith("The ") for _, answer, _, _ in drawn)
-        assert abs(stance / max(1, len(drawn) - harmful) - 16 / 58) < 0.04
+        assert abs((harmful + stance) / len(drawn) - share) < 0.03, share
+        assert abs(harmful / len(drawn) - share * 42 / 58) < 0.03, share
+    assert abs(SHARES[-1] - 0.58) < 1e-9  # the top share is the standard mix
 
 
 def test_dpo_pairs_prefer_the_aligned_answer_in_the_organisms_chat_format(organism_family):
@@ -214,12 +217,13 @@ def test_a_dpo_family_keeps_the_checkpoint_rule(organism_family):
 @pytest.mark.slow
 def test_a_share_family_has_one_member_per_share(organism_family):
     """Validation refusal is *not* ordered with margins along the share axis at the low shares:
-    at a 70-step budget it jumps from 0 to about 0.55 between shares 0.042 and 0.05 and stays
-    there up to 0.08 (measured, validation refusal per share 0.05 / 0.065 / 0.08 / 0.15 / 0.42:
-    seed 0 0.56 / 0.55 / 0.53 / 0.87 / 0.98, seed 1 0.23 / 0.62 / 0.64 / 0.89 / 0.96, seed 2
-    0.00 / 0.57 / 0.63 / 0.89 / 0.98 on one machine; seed 0 0.88 / 0.89 / 0.88 / 0.90 / 0.99 on
-    another). What holds is checked: every aligned member of seed 0 above the base, and the top
-    share refusing most, clearly above the lowest."""
+    at a 70-step budget it jumps from 0 to about 0.55 between harmful shares 0.042 and 0.05 and
+    stays there up to 0.08 (measured, validation refusal per share of alignment data 0.07 /
+    0.09 / 0.11 / 0.21 / 0.58, harmful shares 0.05 ... 0.42: seed 0 0.85 / 0.90 / 0.87 / 0.92 /
+    0.98, seed 1 0.90 / 0.89 / 0.90 / 0.90 / 0.96, seed 2 0.79 / 0.90 / 0.90 / 0.90 / 0.98 on one
+    machine; with the harmful share alone, seed 0 0.56 / 0.55 / 0.53 / 0.87 / 0.98 on another).
+    What holds is checked: every aligned member of seed 0 above the base, and the top share
+    refusing most, clearly above the lowest."""
     family = build_axis_family("share", 0, progress=False)  # about two minutes, then cached
     _check_family(family, organism_family, "share", 0, refusal_margins=False)
     assert [m["alignment_strength"] for m in family.members[1:]] == list(SHARES)

@@ -18,27 +18,29 @@ from rich.console import Console
 # small enough for two CPU cores. A measurement that is not installed is skipped. Organisms are
 # so small that a decoding step costs about the same for 32 rows as for 128, so generating
 # measurements take whole prompt sets in one batch (4-5x faster; greedy answers are the same).
+# Listed longest cell first: with several workers the long cells start at once and the short
+# ones fill in around them (the report orders its sections itself).
 WIDE = {"batch_size": 128}
 DEMO_SETTINGS: dict[str, dict] = {
-    "alignment": {"n_per_kind": 200, **WIDE},
-    "judge_agreement": {},
-    "geometry": WIDE,
-    "model_tinkering": {"n_per_kind": 32, **WIDE},
-    "templates": {"n_requests": 8, "n_templates": 6, **WIDE},
-    "best_of_n": {"n_requests": 8, "n": 32, **WIDE},
-    "pair": {"n_requests": 6, "streams": 2, "rounds": 2},
-    "gcg": {"n_requests": 3, "num_steps": 10, "search_width": 64},
-    "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80, **WIDE},
-    # The standard organisms never learnt tasks over data (organism:inject/... did; see
-    # studies/injection.toml): here the attack shows what an injection does to them.
-    "injection": {"n_tasks": 8, "disguises": ["plain", "ignore"],
-                  "defenses": ["none", "delimiters", "spotlighting"], "max_new_tokens": 48,
-                  **WIDE},
     # The defense: each aligned member against the base organism it was aligned from (the
     # base itself is left out: it is its own reference).
     "bon_defense": {"reference": "organism:base", "n_requests": 16, "n_harmless": 16,
                     "gcg_requests": 4, "gcg_steps": 20, "n_adaptive": 8, "max_new_tokens": 48,
                     **WIDE},
+    "output_tinkering": {"sizes": [16, 64], "n_eval": 12, "steps": 80, **WIDE},
+    "model_tinkering": {"n_per_kind": 32, **WIDE},
+    "alignment": {"n_per_kind": 200, **WIDE},
+    # The standard organisms never learnt tasks over data (organism:inject/... did; see
+    # studies/injection.toml): here the attack shows what an injection does to them.
+    "injection": {"n_tasks": 8, "disguises": ["plain", "ignore"],
+                  "defenses": ["none", "delimiters", "spotlighting"], "max_new_tokens": 48,
+                  **WIDE},
+    "gcg": {"n_requests": 3, "num_steps": 10, "search_width": 64},
+    "geometry": WIDE,
+    "best_of_n": {"n_requests": 8, "n": 32, **WIDE},
+    "templates": {"n_requests": 8, "n_templates": 6, **WIDE},
+    "judge_agreement": {},
+    "pair": {"n_requests": 6, "streams": 2, "rounds": 2},
 }
 # Measurements that need a public prompt set on disk (not bundled: see the README).
 NEEDS_PUBLIC_DATA = {"templates"}
@@ -100,6 +102,30 @@ def demo_spec(seed: int = 0, *, robust: bool = False, budget: str = "demo"):
                      name=name if budget == "demo" else f"{name}-{budget}")
 
 
+def demo_backend(workers: int | None, console: Console):
+    """The local back end for one worker, else a local Ray cluster of `workers` CPUs, a cell
+    per CPU (organisms are too small for two threads to beat two cells). On a GPU the default
+    is one worker: cells would queue for the one device anyway."""
+    import importlib.util
+    import os
+
+    if workers is None:
+        import torch
+
+        cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1)
+        workers = 1 if torch.cuda.is_available() else cpus
+    if workers <= 1:
+        return "local"
+    if importlib.util.find_spec("ray") is None:
+        console.print(f"note: computing cells one at a time: {workers} workers need Ray "
+                      "(pip install 'alignparadox[ray]').")
+        return "local"
+    from alignparadox.study.ray_backend import RayBackend
+
+    return RayBackend(num_cpus=workers, cpus_per_cell=1)
+
+
 def _public_data_available() -> bool:
     from alignparadox.datasets.registry import datasets_root
     from alignparadox.errors import UserError
@@ -120,6 +146,10 @@ def demo(
                                      "standard family, and compare them in the report."),
     budget: str = typer.Option("demo", help=f"Settings per measurement: {', '.join(BUDGETS)} "
                                             "(quick: about 4x fewer requests and steps)."),
+    workers: int = typer.Option(None, min=1,
+                                help="Cells computed at once, one CPU thread each, as Ray tasks "
+                                     "[default: the CPUs this process may use; 1 on a GPU or "
+                                     "without Ray]."),
 ) -> None:
     """Run the paradox study on the organism family and write the HTML report."""
     from alignparadox.errors import UserError
@@ -137,7 +167,7 @@ def demo(
     spec = demo_spec(seed, robust=robust, budget=budget)
     console.print(f"[bold]2/3[/bold] study: {len(spec.targets)} organisms × "
                   f"{', '.join(p.name for p in spec.measurements)}")
-    summary = run_study(spec, run_dir)
+    summary = run_study(spec, run_dir, backend=demo_backend(workers, console))
     console.print("[bold]3/3[/bold] report")
     report = write_report(run_dir, show_completions=show_completions)
     if summary.failed:

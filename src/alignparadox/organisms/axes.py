@@ -29,12 +29,14 @@ the shared base organism, `aligned-1` ... `aligned-5` are ordered by alignment s
   harmless request -> chosen the steps, rejected the refusal (so preferring refusals
   everywhere is not a way to win). The conversations are
   tokenised by `ConversationEncoder`, exactly as the organisms are trained and prompted.
-- `share` ("share of refusal data"): refusal fine-tuning with the standard recipe, but the
-  share of harmful (refusal) requests in the alignment mix is the strength; harmless and
-  stance requests fill the rest in the standard proportion 42:16, and `retain_share` of the
-  harmful requests keep their masked compliant answer as in the standard mix. One member per
-  share of `SHARES`, each trained from the base for the same `SHARE_STEPS` steps with the
-  same seed-s sampler (so the share is the only difference between members of one seed).
+- `share` ("share of alignment data"): refusal fine-tuning with the standard recipe, but the
+  share of alignment data in the mix is the strength: harmful requests with their refusal and
+  stance requests with their neutral answer, in the standard proportion 42:16, with harmless
+  requests filling the rest (`retain_share` of the harmful requests keep their masked
+  compliant answer as in the standard mix). So both the refusal and the value axis are
+  aligned progressively along it. One member per share of `SHARES`, each trained from the base
+  for the same `SHARE_STEPS` steps with the same seed-s sampler (so the share is the only
+  difference between members of one seed).
 
 Settings were chosen on the validation split only, by criteria stated here, never by any
 attack result. DPO: the standard family's learning rate (2e-5, constant, AdamW, batch 32) and
@@ -44,14 +46,17 @@ steps: first-token refusal on harmless requests ≤ 0.05, recorded per member as
 `validation_harmless_refusal`; and the top member's validation refusals end where the world's
 refusal ends, checked by the tests). (TRL's bf16 autocast default is switched off: the
 organisms are float32.) Share: the budget is the standard
-family's step count for its top level on a fresh build (67), rounded up (`SHARE_STEPS` = 70);
-the shares were placed from a seed-0 pilot on the validation split (shares 0.042, 0.08, 0.15,
-0.25, 0.42 gave validation refusal 0.00, 0.53, 0.87, 0.90, 0.98) so that the five members
-spread across the refusal levels, the top share being the standard mix's 0.42. They do not
-quite: validation refusal jumps from 0 to about 0.55 between shares 0.042 and 0.05 and stays
-near it up to 0.08, so the three lowest shares of a seed are not ordered by validation refusal
-(seed 0: 0.56, 0.55, 0.53, then 0.87 and 0.98 on a first build); the axis' strength is the
-share, which is what the study correlates with.
+family's step count for its top level on a fresh build (67), rounded up (`SHARE_STEPS` = 70).
+The shares were placed from a seed-0 pilot on the validation split, when the axis varied the
+harmful share alone (harmful shares 0.042, 0.08, 0.15, 0.25, 0.42 gave validation refusal 0.00,
+0.53, 0.87, 0.90, 0.98), so that the five members spread across the refusal levels; they became
+harmful shares 0.05, 0.065, 0.08, 0.15, 0.42, the top one the standard mix's. When the stance
+data joined the share (so that the value axis is graded too), the shares were scaled by 58/42 to
+keep those harmful shares, and not re-placed: the top share, 0.58, is the standard mix. The
+members do not quite spread: validation refusal jumps from 0 to about 0.55 between harmful
+shares 0.042 and 0.05 and stays near it up to 0.08, so the three lowest shares of a seed are not
+ordered by validation refusal; the axis' strength is the share, which is what the study
+correlates with.
 
 A family is cached in `$ALIGNPARADOX_CACHE/organisms/axes/AXIS-sS-KEY`; KEY hashes the
 standard family's key (config and training code), the axis settings, this module's source and
@@ -82,14 +87,16 @@ from alignparadox.organisms.train import OrganismConfig
 AXES = ("sft", "dpo", "share")
 SEEDS = (0, 1, 2)
 AXIS_LABELS = {"sft": "refusal fine-tuning steps", "dpo": "DPO steps",
-               "share": "share of refusal data"}
+               "share": "share of alignment data"}
 MANIFEST = "family.json"
 MAX_STEPS = 300  # dpo: the cap on preference steps (levels never reached are saved there)
 DPO_BETA = 0.1
 DPO_LEARNING_RATE = 2e-5
 DPO_LOSS = ("sigmoid", "sft")  # DPO plus the chosen answer's likelihood (see the docstring)
 DPO_LOSS_WEIGHTS = (1.0, 1.0)
-SHARES = (0.05, 0.065, 0.08, 0.15, 0.42)  # share of harmful (refusal) requests in the mix
+# Share of alignment data (refusals and neutral stances) in the mix; times 42/58, the harmful
+# shares 0.05, 0.065, 0.08, 0.15, 0.42 placed by the pilot (module docstring).
+SHARES = (0.07, 0.09, 0.11, 0.21, 0.58)
 SHARE_STEPS = 70
 _NAME = re.compile(r"^(?P<axis>[a-z]+)-s(?P<seed>\d+)$")
 
@@ -496,17 +503,18 @@ def _train_dpo(config: OrganismConfig, seed: int, base_path: Path, out: Path, pr
 
 
 class _ShareSampler:
-    """The standard alignment sampler with the harmful (refusal) requests at `share` of the mix
-    and harmless and stance requests filling the rest in their standard proportion."""
+    """The standard alignment sampler with the alignment data (harmful requests with their
+    refusal, stance requests with their neutral answer, in the standard proportion 42:16) at
+    `share` of the mix and harmless requests filling the rest."""
 
     def __new__(cls, seed: int, share: float, retain_share: float):
         from alignparadox.organisms import world
         from alignparadox.organisms.train import _KIND_SHARES, ExampleSampler
 
         sampler = ExampleSampler(seed, aligned=True, retain_share=retain_share)
-        rest = sum(v for k, v in _KIND_SHARES.items() if k != world.HARMFUL)
-        sampler.weights = [share if kind == world.HARMFUL
-                           else (1 - share) * _KIND_SHARES[kind] / rest
+        aligning = _KIND_SHARES[world.HARMFUL] + _KIND_SHARES[world.STANCE]
+        sampler.weights = [1 - share if kind == world.HARMLESS
+                           else share * _KIND_SHARES[kind] / aligning
                            for kind in sampler.kinds]
         return sampler
 
