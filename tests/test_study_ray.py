@@ -132,3 +132,18 @@ def test_a_user_error_on_a_worker_stops_the_study_with_its_sentence(cluster, tmp
     assert "this cell's setting is wrong on purpose." in capsys.readouterr().err
     assert all(r.status == "done" and not r.settings["user_error"]
                for r in stored(tmp_path / "run"))
+
+
+def test_the_demo_runs_a_cell_per_worker_on_ray_and_one_worker_locally():
+    from rich.console import Console
+
+    from alignparadox.demo import demo_backend
+
+    console = Console(stderr=True)
+    assert demo_backend(1, console) == "local"
+    backend = demo_backend(2, console)
+    assert isinstance(backend, RayBackend)
+    assert (backend.num_cpus, backend.cpus_per_cell, backend.address) == (2, 1, None)
+    default = demo_backend(None, console)  # this machine's CPUs, no GPU in CI
+    cpus = len(os.sched_getaffinity(0))
+    assert (default == "local") if cpus == 1 else (default.num_cpus == cpus)
