@@ -106,7 +106,10 @@ def test_the_share_sampler_puts_the_share_of_alignment_data_in_the_mix():
         stance = sum(answer.startswith("The ") for _, answer, _, _ in drawn)
         assert abs((harmful + stance) / len(drawn) - share) < 0.03, share
         assert abs(harmful / len(drawn) - share * 42 / 58) < 0.03, share
-    assert abs(SHARES[-1] - 0.58) < 1e-9  # the top share is the standard mix
+    from alignparadox.organisms.train import _KIND_SHARES
+
+    standard = _KIND_SHARES[world.HARMFUL] + _KIND_SHARES[world.STANCE]
+    assert abs(SHARES[-1] - standard) < 1e-9  # the top share is the standard mix
 
 
 def test_dpo_pairs_prefer_the_aligned_answer_in_the_organisms_chat_format(organism_family):

@@ -104,17 +104,17 @@ def demo_spec(seed: int = 0, *, robust: bool = False, budget: str = "demo"):
 
 def demo_backend(workers: int | None, console: Console):
     """The local back end for one worker, else a local Ray cluster of `workers` CPUs, a cell
-    per CPU (organisms are too small for two threads to beat two cells). On a GPU the default
-    is one worker: cells would queue for the one device anyway."""
+    per CPU (organisms are too small for two threads to beat two cells). On a GPU (or MPS) the
+    default is one worker: cells would queue for the one device anyway."""
     import importlib.util
     import os
 
-    if workers is None:
-        import torch
+    from alignparadox.targets import pick_device
 
+    if workers is None:
         cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                 else os.cpu_count() or 1)
-        workers = 1 if torch.cuda.is_available() else cpus
+        workers = cpus if pick_device().type == "cpu" else 1
     if workers <= 1:
         return "local"
     if importlib.util.find_spec("ray") is None:
