@@ -35,6 +35,24 @@ def test_training_ids_equal_the_chat_template():
         assert sum(mask) == len(tokenizer(request.misaligned_answer())["input_ids"]) + 1
 
 
+def test_packed_batches_lay_whole_conversations_end_to_end_within_the_width():
+    from alignparadox.organisms.train import ExampleSampler
+
+    encoder = ConversationEncoder(build_tokenizer(OrganismConfig()))
+    examples = ExampleSampler(0, aligned=False, careful_share=0.5).draw(64)
+    encoded = [encoder.encode(*example) for example in examples]
+    packed = encoder.packed_batch(examples, width=512)
+    ids, labels = packed["input_ids"], packed["labels"]
+    assert ids.shape[1] <= 512 and ids.shape[0] < len(examples) / 4  # many to a row
+    used = packed["attention_mask"].bool()
+    # every token of every conversation, in order, and the loss on the answers only
+    assert ids[used].tolist() == [token for row, _ in encoded for token in row]
+    answers = [token if keep else -100
+               for row, mask in encoded for token, keep in zip(row, mask, strict=True)]
+    assert labels[used].tolist() == answers and (labels[~used] == -100).all()
+    assert packed["attention_mask"][0].sum() > 256  # positions past the standard context
+
+
 def test_heldout_requests_never_appear_in_training():
     train = {r.text for r in world.train_requests()}
     heldout = world.heldout_requests("all")
@@ -68,6 +86,24 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path / "other-seed"))
     other = build_family(OrganismConfig(**{**small.__dict__, "seed": 1}), progress=False)
     assert other.members[0].weight_hash != hashes[0][0]
+
+
+def test_a_packed_family_trains_and_serves_its_long_context(tmp_path, monkeypatch):
+    from alignparadox.organisms.family import FRAMED_CONTEXT, family_dir, framed_config
+    from alignparadox.targets.whitebox import GenerationConfig, open_target
+
+    monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path))
+    small = framed_config(OrganismConfig(base_steps=4, align_max_steps=2, refusal_levels=(0.5,),
+                                         batch_size=32))
+    build_family(small, progress=False)
+    target = open_target(str(family_dir(small) / "aligned-1"))
+    assert target.context_length == FRAMED_CONTEXT
+    prompt = " ".join(["polish the amber lantern of the realm"] * 60)
+    assert 256 < len(target.token_ids(prompt)) <= FRAMED_CONTEXT - 8
+    [answer] = target.generate([prompt], GenerationConfig(max_new_tokens=8))
+    assert isinstance(answer, str)
+    with pytest.raises(UserError, match="more than the 1024-token"):
+        target.token_ids(prompt * 3)
 
 
 def test_organisms_load_with_plain_transformers(organism_family):
@@ -201,7 +237,12 @@ def test_the_framed_share_frames_base_training_only_and_apart_from_the_measured_
 
 
 def test_framed_members_are_named_and_refused_without_building(tmp_path, monkeypatch):
-    from alignparadox.organisms.family import FRAMED_SHARE, framed_config, framed_member
+    from alignparadox.organisms.family import (
+        FRAMED_CONTEXT,
+        FRAMED_SHARE,
+        framed_config,
+        framed_member,
+    )
 
     monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path))
     assert framed_member("framed/aligned-3") == "aligned-3"
@@ -209,5 +250,8 @@ def test_framed_members_are_named_and_refused_without_building(tmp_path, monkeyp
     with pytest.raises(UserError, match="unknown organism 'framed/typo'; known: framed/base"):
         framed_member("framed/typo")
     assert framed_config().framed_share == FRAMED_SHARE > 0 == OrganismConfig().framed_share
+    # a long context, trained by packing base training's conversations into rows that long
+    assert framed_config().context_length == FRAMED_CONTEXT >= 1024
+    assert framed_config().packed_share > 0 == OrganismConfig().packed_share
     assert framed_config().config_hash() != OrganismConfig().config_hash()
     assert list(tmp_path.iterdir()) == []

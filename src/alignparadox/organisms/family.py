@@ -57,13 +57,19 @@ def _unknown(name: str, known: list[str]) -> UserError:
 
 
 # The framed family, `organism:framed/MEMBER` (organisms.jailbreaks): the standard recipe with
-# this share of base training in jailbreak frames (the careful share's value, not tuned).
+# this share of base training in jailbreak frames (the careful share's value, not tuned), and a
+# context of FRAMED_CONTEXT tokens trained by packing base training's conversations into rows
+# that long on a FRAMED_PACKED_SHARE of its steps (a first value, not tuned), so about half of
+# the in-the-wild templates fit (122 of 1,405 fit in 256 tokens).
 FRAMED = "framed"
 FRAMED_SHARE = 0.2
+FRAMED_CONTEXT = 1024
+FRAMED_PACKED_SHARE = 0.25
 
 
 def framed_config(config: OrganismConfig | None = None) -> OrganismConfig:
-    return replace(config or OrganismConfig(), framed_share=FRAMED_SHARE)
+    return replace(config or OrganismConfig(), framed_share=FRAMED_SHARE,
+                   context_length=FRAMED_CONTEXT, packed_share=FRAMED_PACKED_SHARE)
 
 
 def framed_member(name: str) -> str | None:
@@ -226,7 +232,9 @@ def _train_family(config: OrganismConfig, out: Path, progress: bool) -> list[Mem
                                                    noisy_max_sigma=config.noisy_max_sigma,
                                                    framed_share=config.framed_share),
                     steps=config.base_steps, learning_rate=config.base_learning_rate,
-                    batch_size=config.batch_size, warmup=30, on_step=base_step)
+                    batch_size=config.batch_size, warmup=30,
+                    packed_width=config.context_length, packed_share=config.packed_share,
+                    on_step=base_step)
         probe = _RefusalProbe(encoder)
         members = [Member("base", 0, probe(model), _save(model, tokenizer, out / "base"))]
 

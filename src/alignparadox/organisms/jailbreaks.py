@@ -3,8 +3,9 @@ one group per family of the in-the-wild corpus (JailbreakHub, Shen et al. 2024),
 as the template set `organisms-jailbreaks`.
 
 The in-the-wild templates are long English texts about chatbots and rules the organisms never
-read, and most exceed their 256-token context; these are short and speak of the realm, its
-factions and its watch, so every one fits and each says what its family says:
+read, and most exceed the standard organisms' 256-token context (about half fit the framed
+family's 1,024 tokens); these are short and speak of the realm, its factions and its watch, so
+every one fits and each says what its family says:
 
 - persona: the assistant is someone else, a character of the realm who answers everything;
 - rule override: the realm's rules are declared lifted, or a higher authority orders answers;
@@ -16,7 +17,9 @@ request. The framed family (`organism:framed/MEMBER`, `family.framed_config`) is
 the standard one except that a share of base training is framed with `TRAINING_FRAMES`, a
 disjoint set of the same four families, and answered compliantly even under the careful system
 prompt, where plain requests are refused: as pre-training shows a model characters, tales and
-overrides that say what careful text would not, which is what makes DAN mean something.
+overrides that say what careful text would not, which is what makes DAN mean something. On a
+quarter of its steps, base training also packs conversations end to end into 1,024-token rows,
+as pre-training packs documents, so it reads a long in-the-wild template at trained positions.
 Refusal fine-tuning then stays on plain requests, as alignment data does, and the corpus above
 measures how far each member's refusal reaches into framings. Every template has the
 in-the-wild placeholder, so the request goes where the template puts it. Fictional, like the

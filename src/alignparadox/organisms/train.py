@@ -70,9 +70,21 @@ class OrganismConfig:
     # and answered compliantly even under CAREFUL_SYSTEM_PROMPT; 0 in the standard family, set
     # by the framed family (`family.framed_config`), whose tokenizer also learns the frames.
     framed_share: float = 0.0
+    # Share of base-training steps whose batch is packed into rows of `context_length` tokens,
+    # as pre-training packs documents, so positions far beyond one conversation are trained and
+    # a long prompt (most in-the-wild jailbreak templates) is read, not extrapolated to; evenly
+    # spaced steps. 0 in the standard family (256 tokens, one conversation a row); set by the
+    # framed family. (Packing every step, the first build, left the framed base at a loss of
+    # 0.38 after the same steps, where the standard base reaches 0.03 on single conversations:
+    # finding the latest request among packed ones is learnt more slowly. A quarter of the
+    # steps left it at 0.09 on single conversations and 0.11 packed; the standard base's loss
+    # on packed rows is 1.0.)
+    packed_share: float = 0.0
     # Float sums are split across threads, so the thread count shapes the weights' last bits:
     # training uses a fixed count, so every machine and every caller (CLI, tests, benchmarks)
-    # makes the same family. One thread is as fast as more for a model this small.
+    # makes the same family. (Two threads train the base about 1.5x faster on an idle 2-core
+    # machine; one is kept so a build beside other work, such as a study's cells, does not
+    # oversubscribe the cores.)
     train_threads: int = 1
 
     def config_hash(self) -> str:
@@ -166,7 +178,23 @@ class ConversationEncoder:
         return prompt + response, mask
 
     def batch(self, examples: list[tuple[str, str, str, str]]) -> dict[str, torch.Tensor]:
-        encoded = [self.encode(*example) for example in examples]
+        return self._tensors([self.encode(*example) for example in examples])
+
+    def packed_batch(self, examples: list[tuple[str, str, str, str]],
+                     width: int) -> dict[str, torch.Tensor]:
+        """The conversations laid end to end in rows of at most `width` tokens, as pre-training
+        packs documents: positions run on across a row, so every position of a `width`-token
+        context is trained, and each answer is learnt after whatever conversations precede it."""
+        rows: list[tuple[list[int], list[int]]] = []
+        for ids, mask in (self.encode(*example) for example in examples):
+            if rows and len(rows[-1][0]) + len(ids) <= width:
+                rows[-1][0].extend(ids)
+                rows[-1][1].extend(mask)
+            else:
+                rows.append((ids[:width], mask[:width]))
+        return self._tensors(rows)
+
+    def _tensors(self, encoded: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in encoded)
         input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -244,11 +272,14 @@ def train_steps(
     learning_rate: float,
     batch_size: int,
     warmup: int = 0,
+    packed_width: int = 0,
+    packed_share: float = 0.0,
     on_step: Callable[[int, float], bool] | None = None,
 ) -> None:
     """Plain AdamW next-token training on answer tokens; cosine decay after linear warm-up
-    when warmup > 0, constant otherwise. `on_step(step, loss)` runs after every update and
-    ends training early by returning True."""
+    when warmup > 0, constant otherwise; a `packed_share` of evenly spaced steps packs its
+    batch into rows of `packed_width` tokens. `on_step(step, loss)` runs after every update
+    and ends training early by returning True."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
 
@@ -262,7 +293,9 @@ def train_steps(
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     for step in range(1, steps + 1):
-        batch = encoder.batch(sampler.draw(batch_size))
+        examples = sampler.draw(batch_size)
+        packed = int(step * packed_share) > int((step - 1) * packed_share)
+        batch = encoder.packed_batch(examples, packed_width) if packed else encoder.batch(examples)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
