@@ -12,8 +12,9 @@ Queries are counted as PAIR counts them: target queries, all streams of a round 
 parallel, so a success in round r with s live streams costs the queries of rounds 1..r.
 
 The attacker for the organism world: an organism cannot be the attacker, because the attacker
-instructions alone are longer than its 256-token context (and it only knows its world). The
-default attacker is therefore `scripted`, a small deterministic local policy that tries one
+instructions alone are longer than a standard organism's 256-token context, and an organism
+only knows its world. The default attacker is therefore `scripted`, a small deterministic
+local policy that tries one
 framing per round (fiction, hypothetical, role-play, ...) in a seeded order per stream and moves
 on when the judge's score says the last one failed. It is a weak attacker by design: a lower
 bound on what an attacker LLM achieves, useful to exercise and compare the pipeline offline.

@@ -19,9 +19,10 @@ runs: an empty template; a template with a differently named slot such as `{goal
 and no `{prompt}` (appending would leave that slot unfilled); and, with `append=False`
 (`--no-append`), any template without a slot.
 
-On a white-box target with a short context (an organism has 256 tokens) only templates that
-leave room for a full answer are used; most in-the-wild templates are longer, so the sample is
-biased towards short templates, and how many were found too long is reported.
+On a white-box target with a short context (a standard organism has 256 tokens, a framed one
+1,024) only templates that leave room for a full answer are used; many in-the-wild templates
+are longer, so the sample is biased towards short templates, and how many were found too long
+is reported.
 """
 
 from __future__ import annotations
