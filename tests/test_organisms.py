@@ -93,9 +93,15 @@ def test_a_packed_family_trains_and_serves_its_long_context(tmp_path, monkeypatc
     from alignparadox.targets.whitebox import GenerationConfig, open_target
 
     monkeypatch.setenv("ALIGNPARADOX_CACHE", str(tmp_path))
-    small = framed_config(OrganismConfig(base_steps=4, align_max_steps=2, refusal_levels=(0.5,),
+    small = framed_config(OrganismConfig(base_steps=8, align_max_steps=2, refusal_levels=(0.5,),
                                          batch_size=32))
+    widths = []  # the real packer, counted: a packed share of base steps, none in alignment
+    packer = ConversationEncoder.packed_batch
+    monkeypatch.setattr(ConversationEncoder, "packed_batch",
+                        lambda self, examples, width: widths.append(width)
+                        or packer(self, examples, width))
     build_family(small, progress=False)
+    assert widths == [FRAMED_CONTEXT] * round(small.base_steps * small.packed_share)
     target = open_target(str(family_dir(small) / "aligned-1"))
     assert target.context_length == FRAMED_CONTEXT
     prompt = " ".join(["polish the amber lantern of the realm"] * 60)

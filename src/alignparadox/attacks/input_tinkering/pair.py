@@ -14,10 +14,10 @@ parallel, so a success in round r with s live streams costs the queries of round
 The attacker for the organism world: an organism cannot be the attacker, because the attacker
 instructions alone are longer than a standard organism's 256-token context, and an organism
 only knows its world. The default attacker is therefore `scripted`, a small deterministic
-local policy that tries one
-framing per round (fiction, hypothetical, role-play, ...) in a seeded order per stream and moves
-on when the judge's score says the last one failed. It is a weak attacker by design: a lower
-bound on what an attacker LLM achieves, useful to exercise and compare the pipeline offline.
+local policy that tries one framing per round (fiction, hypothetical, role-play, ...) in a
+seeded order per stream and moves on when the judge's score says the last one failed. It is
+a weak attacker by design: a lower bound on what an attacker LLM achieves, useful to exercise
+and compare the pipeline offline.
 """
 
 from __future__ import annotations
