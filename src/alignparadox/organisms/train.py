@@ -80,12 +80,13 @@ class OrganismConfig:
     # steps left it at 0.09 on single conversations and 0.11 packed; the standard base's loss
     # on packed rows is 1.0.)
     packed_share: float = 0.0
-    # Float sums are split across threads, so the thread count shapes the weights' last bits:
-    # training uses a fixed count, so every machine and every caller (CLI, tests, benchmarks)
-    # makes the same family. (Two threads train the base about 1.5x faster on an idle 2-core
-    # machine; one is kept so a build beside other work, such as a study's cells, does not
-    # oversubscribe the cores.)
-    train_threads: int = 1
+    # Threads of training. A fixed count, not the machine's, so every machine and every caller
+    # (CLI, tests, benchmarks, a study's cells) trains the same family: a BLAS may split a sum
+    # across threads, which shapes the weights' last bits. On this project's 2-core machine 1
+    # and 2 threads gave bit-identical weights (60 base steps, packed rows included) and 2 train
+    # 1.7x faster, so the demo's build takes about a minute less; a build beside a study's other
+    # cells oversubscribes the cores a little, which costs time, not correctness.
+    train_threads: int = 2
 
     def config_hash(self) -> str:
         """Names the cache folder: the settings above, the source of the code that trains the
