@@ -143,16 +143,11 @@ def pooled_spearman(x, y, clusters, strata, *, resamples: int = 2000,
     rhos = np.full((len(groups), resamples + 1), np.nan)  # column 0: the observed points
     sizes = np.zeros_like(rhos)
     for g, (group, members) in enumerate(zip(groups, whole, strict=True)):
-        drawn = [members] + [np.concatenate([
-            cluster[rng.integers(0, len(cluster), len(cluster))]
-            for cluster in (group[j] for j in rng.integers(0, len(group), len(group)))])
-            for _ in range(resamples)]
-        lengths = np.array([len(d) for d in drawn])
-        sizes[g] = lengths
-        for length in np.unique(lengths):  # draws of one length are ranked together
-            which = np.flatnonzero(lengths == length)
-            rhos[g, which] = _spearman_rows(x[np.stack([drawn[i] for i in which])],
-                                            y[np.stack([drawn[i] for i in which])])
+        rhos[g, 0], sizes[g, 0] = _spearman_rows(x[members][None], y[members][None])[0], \
+            len(members)
+        for rows, length, draws in _cluster_draws(group, resamples, rng):
+            sizes[g, 1 + rows] = length
+            rhos[g, 1 + rows] = _spearman_rows(x[draws], y[draws])
     weights = np.where(np.isnan(rhos), 0, sizes)
     total = weights.sum(0)
     pooled = (np.nan_to_num(rhos) * weights).sum(0) / np.where(total > 0, total, 1)
@@ -160,6 +155,26 @@ def pooled_spearman(x, y, clusters, strata, *, resamples: int = 2000,
     draws = pooled[1:][total[1:] > 0]
     low, high = (np.percentile(draws, [2.5, 97.5]) if len(draws) else (float("nan"),) * 2)
     return PooledCorrelation(rho, float(low), float(high), n, len(whole), resampled)
+
+
+def _cluster_draws(group: list[np.ndarray], resamples: int, rng: np.random.Generator):
+    """The two-stage draws of one stratum, all at once: each resample draws its clusters with
+    replacement, then the points of each drawn cluster with replacement. Yields (resample
+    indices, length, their point indices as a (rows, length) array) per draw length, since
+    clusters of different sizes make draws of different lengths."""
+    sizes = np.array([len(cluster) for cluster in group])
+    table = np.zeros((len(group), sizes.max()), dtype=int)  # the clusters' points, padded
+    for j, cluster in enumerate(group):
+        table[j, :len(cluster)] = cluster
+    chosen = rng.integers(0, len(group), (resamples, len(group)))
+    chosen_sizes = sizes[chosen][..., None]
+    within = (rng.random((resamples, len(group), table.shape[1])) * chosen_sizes).astype(int)
+    drawn = np.arange(table.shape[1]) < chosen_sizes  # a cluster's own number of points
+    points = table[chosen[..., None], within]
+    lengths = drawn.sum((1, 2))
+    for length in np.unique(lengths):  # draws of one length are ranked together
+        rows = np.flatnonzero(lengths == length)
+        yield rows, length, points[rows][drawn[rows]].reshape(len(rows), length)
 
 
 def _spearman_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
