@@ -175,6 +175,11 @@ def test_bad_defense_input_through_the_command_line(capsys, pair, narrow, organi
     assert "out of range" in refused(capsys, "defend", "bon", folder, "--reference", folder,
                                       "--harmful", "advbench", "--n-requests", "2",
                                       "--layer", "7", "--no-sweep")
+    # a target that is its own reference (the same weights under another name, as every axis
+    # family's FAMILY/base is organism:base) would give every candidate the same similarity
+    assert "same weights as its reference" in refused(
+        capsys, "defend", "bon", "organism:base", "--reference", "organism:base", "--n-requests",
+        "2", "--no-sweep")
     assert "attacks must be" in refused(capsys, "defend", "bon", folder, "--reference", folder,
                                          "--harmful", "advbench", "--attacks", "direct,autodan")
     assert "adaptive must be" in refused(capsys, "defend", "bon", folder, "--reference", folder,

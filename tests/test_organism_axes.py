@@ -151,6 +151,10 @@ def test_the_study_spec_lists_every_axis_member_with_the_demos_measurements():
     assert list(spec.targets) == [f"organism:{family}/{member}" for family in family_names()
                                   for member in axes.member_names()]
     assert {plan.name for plan in spec.measurements} == set(DEMO_SETTINGS)
+    # the defense on the aligned members only: every FAMILY/base is its reference's weights
+    defense = next(plan for plan in spec.measurements if plan.name == "bon_defense")
+    assert list(defense.targets) == [target for target in spec.targets
+                                     if not target.endswith("/base")]
 
 
 # ----------------------------------------------------------------------------- built families

@@ -299,6 +299,11 @@ def evaluate(target: WhiteBoxTarget, reference: WhiteBoxTarget, judge: Judge, *,
     check_reference(target, reference)
     bon = config.bon
     fixed = resolve_layer(target, bon.layer)
+    if target.weight_hash == reference.weight_hash:  # e.g. an axis family's base, FAMILY/base
+        raise UserError(f"{target.name!r} has the same weights as its reference "
+                        f"{reference.name!r}: every candidate would be as similar to the "
+                        "reference as any other, so the defense would measure nothing; defend "
+                        "an aligned model against the model it was aligned from.")
     from alignparadox.attacks.input_tinkering.base import fits
     from alignparadox.hooks import residual_layout
 
