@@ -1,11 +1,11 @@
 """`paradox demo`: the whole paradox study on the organism family, ending in an HTML report.
 
 Builds (or reuses) the organisms, runs every registered measurement that has demo settings on
-every organism, and writes the report. Each cell is stored when done, so an interrupted demo
-resumes where it stopped. `--robust` adds every aligned member of the robust-trained families
-(ReFAT, LAT, circuit breakers) as targets, for the report's "Robust training vs standard
-alignment" section; `--budget quick` runs smaller settings.
-"""
+every organism (the defense on the most aligned one), and writes the report. Each cell is
+stored when done, so an interrupted demo resumes where it stopped. `--robust` adds every aligned
+member of the robust-trained families (ReFAT, LAT, circuit breakers) as targets, for the
+report's "Robust training vs standard alignment" section; `--budget quick` runs smaller
+settings."""
 
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ from rich.console import Console
 # ones fill in around them (the report orders its sections itself).
 WIDE = {"batch_size": 128}
 DEMO_SETTINGS: dict[str, dict] = {
-    # The defense: each aligned member against the base organism it was aligned from (the
-    # base itself is left out: it is its own reference).
+    # The defense: the most aligned member against the base organism it was aligned from, as
+    # the paper defends an aligned model with its pre-alignment model as reference. It is the
+    # demo's costliest cell (about 50 s on 2 cores): on all five aligned members it was two
+    # fifths of the cell time, on two the demo still took over 5 minutes.
+    # studies/paradox-axes.toml defends every aligned member.
     "bon_defense": {"reference": "organism:base", "n_requests": 16, "n_harmless": 16,
                     "gcg_requests": 4, "gcg_steps": 20, "n_adaptive": 8, "max_new_tokens": 48,
                     **WIDE},
@@ -95,7 +98,10 @@ def demo_spec(seed: int = 0, *, robust: bool = False, budget: str = "demo"):
             f"note: skipping {', '.join(sorted(NEEDS_PUBLIC_DATA))}: no public prompt-set folder "
             "(set ALIGNPARADOX_DATASETS to one holding jailbreak_llms/).")
         names = [name for name in names if name not in NEEDS_PUBLIC_DATA]
-    plans = tuple(MeasurementPlan(name, settings.get(name, DEMO_SETTINGS.get(name, {})))
+    most_aligned = max(family.members, key=lambda member: member.alignment_steps)
+    defended = (f"organism:{most_aligned.name}",)  # (ROBUST_MEASUREMENTS leave the defense out)
+    plans = tuple(MeasurementPlan(name, settings.get(name, DEMO_SETTINGS.get(name, {})),
+                                  targets=defended if name == "bon_defense" else None)
                   for name in names)
     name = "paradox-robust" if robust else "paradox-demo"
     return StudySpec(targets=tuple(targets), measurements=plans, seed=seed,
