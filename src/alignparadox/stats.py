@@ -143,8 +143,8 @@ def pooled_spearman(x, y, clusters, strata, *, resamples: int = 2000,
     rhos = np.full((len(groups), resamples + 1), np.nan)  # column 0: the observed points
     sizes = np.zeros_like(rhos)
     for g, (group, members) in enumerate(zip(groups, whole, strict=True)):
-        rhos[g, 0], sizes[g, 0] = _spearman_rows(x[members][None], y[members][None])[0], \
-            len(members)
+        rhos[g, 0] = _spearman_rows(x[members][None], y[members][None])[0]
+        sizes[g, 0] = len(members)
         for rows, length, draws in _cluster_draws(group, resamples, rng):
             sizes[g, 1 + rows] = length
             rhos[g, 1 + rows] = _spearman_rows(x[draws], y[draws])
@@ -168,7 +168,7 @@ def _cluster_draws(group: list[np.ndarray], resamples: int, rng: np.random.Gener
         table[j, :len(cluster)] = cluster
     chosen = rng.integers(0, len(group), (resamples, len(group)))
     chosen_sizes = sizes[chosen][..., None]
-    within = (rng.random((resamples, len(group), table.shape[1])) * chosen_sizes).astype(int)
+    within = rng.integers(0, chosen_sizes, (resamples, len(group), table.shape[1]))
     drawn = np.arange(table.shape[1]) < chosen_sizes  # a cluster's own number of points
     points = table[chosen[..., None], within]
     lengths = drawn.sum((1, 2))
